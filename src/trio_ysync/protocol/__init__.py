@@ -1,0 +1,57 @@
+"""Sans-IO Yjs protocols: lib0 encoding, y-websocket messages, awareness and the sync handshake.
+
+Nothing here performs I/O or imports trio, so the codec can be used from any event loop.
+"""
+
+from .awareness import OUTDATED_TIMEOUT, RENEW_INTERVAL, Awareness, AwarenessChange
+from .lib0 import MAX_SAFE_INTEGER, Decoder, Encoder, ProtocolError
+from .messages import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    JSONValue,
+    Message,
+    MessageType,
+    PermissionDenied,
+    QueryAwareness,
+    SyncMessageType,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    UnknownMessage,
+    decode,
+    decode_awareness_update,
+    encode,
+    encode_awareness_update,
+    encode_json,
+)
+from .sync import SyncDocument, SyncSession
+
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "OUTDATED_TIMEOUT",
+    "RENEW_INTERVAL",
+    "Awareness",
+    "AwarenessChange",
+    "AwarenessEntry",
+    "AwarenessUpdate",
+    "Decoder",
+    "Encoder",
+    "JSONValue",
+    "Message",
+    "MessageType",
+    "PermissionDenied",
+    "ProtocolError",
+    "QueryAwareness",
+    "SyncDocument",
+    "SyncMessageType",
+    "SyncSession",
+    "SyncStep1",
+    "SyncStep2",
+    "SyncUpdate",
+    "UnknownMessage",
+    "decode",
+    "decode_awareness_update",
+    "encode",
+    "encode_awareness_update",
+    "encode_json",
+]

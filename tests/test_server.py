@@ -1,0 +1,213 @@
+"""End-to-end tests of the room server over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import trio
+from wsclient import TestClient, connect, http_get
+from ydocs import insert_text
+
+from trio_ysync.doc import new_document
+from trio_ysync.protocol import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    UnknownMessage,
+    encode,
+)
+from trio_ysync.server import RoomServer
+from trio_ysync.transport import CloseCode
+
+TIMEOUT = 10
+
+
+@dataclass
+class Running:
+    server: RoomServer
+    port: int
+
+
+@pytest.fixture
+async def running(nursery: trio.Nursery) -> AsyncIterator[Running]:
+    server = RoomServer(room_grace_period=0.2, max_message_size=4 * 1024 * 1024)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    yield Running(server, port)
+    server.shutdown()
+
+
+def make_update(text: str, client_id: int = 1) -> bytes:
+    doc = new_document(client_id=client_id)
+    insert_text(doc, 0, text)
+    return doc.diff()
+
+
+async def synced_client(client: TestClient) -> SyncStep2:
+    """Complete the handshake: the server's SyncStep1 comes first, then our step 1 is answered."""
+    first = await client.receive()
+    assert isinstance(first, SyncStep1)
+    await client.send(SyncStep2(b"\x00\x00"), SyncStep1(b"\x00"))
+    answer = await client.receive_until(SyncStep2)
+    assert isinstance(answer, SyncStep2)
+    return answer
+
+
+async def test_updates_reach_the_other_clients_but_not_the_sender(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "r") as a, connect(running.port, "r") as b:
+            await synced_client(a)
+            await synced_client(b)
+            update = make_update("hello")
+            await a.send(SyncUpdate(update))
+            received = await b.receive_until(SyncUpdate)
+            doc = new_document()
+            doc.apply_update(received.update)  # type: ignore[union-attr]
+            assert doc.get_text("t") == "hello"
+            # The sender gets nothing back: a query answered proves nothing else was queued.
+            await a.send(QueryAwareness())
+            assert isinstance(await a.receive(), AwarenessUpdate)
+
+
+async def test_late_joiner_gets_the_whole_document(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "late") as a:
+            await synced_client(a)
+            await a.send(SyncUpdate(make_update("first", 1)), SyncUpdate(make_update("second", 2)))
+            await a.send(QueryAwareness())  # processed after both updates
+            await a.receive_until(AwarenessUpdate)
+        async with connect(running.port, "late") as b:
+            answer = await synced_client(b)
+            doc = new_document()
+            doc.apply_update(answer.update)
+            assert sorted(doc.get_text("t")) == sorted("firstsecond")
+
+
+async def test_server_asks_for_what_the_client_has(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "step1") as a, connect(running.port, "step1") as b:
+            await synced_client(b)
+            first = await a.receive()
+            assert first == SyncStep1(b"\x00")
+            # The client's SyncStep2 (its offline edits) is applied and broadcast.
+            await a.send(SyncStep2(make_update("offline")))
+            received = await b.receive_until(SyncUpdate)
+            doc = new_document()
+            doc.apply_update(received.update)  # type: ignore[union-attr]
+            assert doc.get_text("t") == "offline"
+
+
+async def test_awareness_is_broadcast_sent_to_newcomers_and_removed(running: Running) -> None:
+    entry = AwarenessEntry(42, 1, {"user": {"name": "Zoë"}})
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "aw") as b:
+            await synced_client(b)
+            async with connect(running.port, "aw") as a:
+                await synced_client(a)
+                await a.send(AwarenessUpdate([entry]))
+                # Broadcast to everyone, the sender too (it keeps idle clients' watchdogs quiet).
+                assert await a.receive_until(AwarenessUpdate) == AwarenessUpdate([entry])
+                assert await b.receive_until(AwarenessUpdate) == AwarenessUpdate([entry])
+                async with connect(running.port, "aw") as c:
+                    assert isinstance(await c.receive(), SyncStep1)
+                    assert await c.receive() == AwarenessUpdate([entry])
+                    await c.send(QueryAwareness())
+                    assert await c.receive() == AwarenessUpdate([entry])
+            # a disconnected: its client is removed for the others at the same clock.
+            removal = await b.receive_until(AwarenessUpdate)
+            assert removal == AwarenessUpdate([AwarenessEntry(42, 1, None)])
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x00\x05\xff", CloseCode.INVALID_DATA),  # truncated sync message
+        (encode(SyncUpdate(b"\x05\xff")), CloseCode.INVALID_DATA),  # malformed Yjs update
+        (b"\x01\x03\x01\x01\x01", CloseCode.INVALID_DATA),  # awareness with a broken string
+        (encode(UnknownMessage(99, b"x")), CloseCode.UNSUPPORTED_DATA),
+        ("text frame", CloseCode.UNSUPPORTED_DATA),
+        (b"\x00" * (4 * 1024 * 1024 + 1), CloseCode.MESSAGE_TOO_BIG),
+    ],
+)
+async def test_bad_input_closes_only_that_connection(
+    running: Running, payload: bytes | str, code: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "bad") as good, connect(running.port, "bad") as other:
+            await synced_client(good)
+            await synced_client(other)
+            async with connect(running.port, "bad") as bad:
+                await synced_client(bad)
+                await bad.send_raw(payload)
+                assert await bad.close_code() == code
+            await good.send(SyncUpdate(make_update("still fine")))
+            received = await other.receive_until(SyncUpdate)
+            doc = new_document()
+            doc.apply_update(received.update)  # type: ignore[union-attr]
+            assert doc.get_text("t") == "still fine"
+            assert running.server.rooms["bad"].peers.__len__() == 2
+
+
+async def test_plain_http_health_and_upgrade_required(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await http_get(running.port, "/health") == (200, b"ok\n")
+        status, _ = await http_get(running.port, "/some-room")
+        assert status == 426
+
+
+async def test_room_names_are_percent_decoded(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "caf%C3%A9%20room?token=x") as client:
+            await synced_client(client)
+            assert "café room" in running.server.rooms
+
+
+async def test_room_unloads_after_the_grace_period_and_keeps_its_content(
+    running: Running,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "unload") as a:
+            await synced_client(a)
+            await a.send(SyncUpdate(make_update("kept")))
+            await a.send(QueryAwareness())
+            await a.receive_until(AwarenessUpdate)
+            room = running.server.rooms["unload"]
+        await room.closed.wait()
+        assert "unload" not in running.server.rooms
+        async with connect(running.port, "unload") as b:
+            answer = await synced_client(b)
+            doc = new_document()
+            doc.apply_update(answer.update)
+            assert doc.get_text("t") == "kept"
+            assert running.server.rooms["unload"] is not room
+
+
+async def test_shutdown_closes_clients_with_going_away(nursery: trio.Nursery) -> None:
+    server = RoomServer()
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "bye") as client:
+            await synced_client(client)
+            server.shutdown()
+            assert await client.close_code() == CloseCode.GOING_AWAY
+
+
+async def test_many_clients_open_new_rooms_at_the_same_instant(running: Running) -> None:
+    rooms, per_room = 20, 10
+    synced = 0
+
+    async def one_client(room: int) -> None:
+        nonlocal synced
+        async with connect(running.port, f"crowd-{room}") as client:
+            await synced_client(client)
+            synced += 1
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for index in range(rooms * per_room):
+                nursery.start_soon(one_client, index % rooms)
+    assert synced == rooms * per_room

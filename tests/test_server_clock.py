@@ -1,0 +1,114 @@
+"""Timed server behaviour on memory streams under trio's MockClock (no real waiting)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+from memws import MemoryClient
+
+from trio_ysync.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncStep2
+from trio_ysync.server import RoomServer
+from trio_ysync.transport import CloseCode
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RoomServer]:
+    async with RoomServer(room_grace_period=5.0, ping_interval=30.0) as server:
+        yield server
+
+
+async def open_client(
+    server: RoomServer, nursery: trio.Nursery, room: str, **kwargs: bool
+) -> MemoryClient:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, server_stream)
+    client = MemoryClient(client_stream, **kwargs)
+    await client.handshake(room)
+    assert isinstance(await client.receive(), SyncStep1)
+    await client.send(SyncStep1(b"\x00"))
+    assert isinstance(await client.receive(), SyncStep2)
+    return client
+
+
+async def test_a_client_that_ignores_pings_is_closed(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    client = await open_client(server, nursery, "ping", answer_pings=False)
+    start = trio.current_time()
+    assert await client.receive() is None
+    assert client.close_code == CloseCode.GOING_AWAY
+    assert client.pings == 1
+    # Closed at the second ping time: the first ping went unanswered for a whole interval.
+    assert 60 <= trio.current_time() - start < 61
+
+
+async def test_a_client_that_answers_pings_stays(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    client = await open_client(server, nursery, "pong")
+    with trio.move_on_after(301):
+        await client.receive()
+        pytest.fail("nothing should arrive but pings")
+    assert client.pings == 10
+    assert len(server.rooms["pong"].peers) == 1
+
+
+async def test_awareness_that_is_not_renewed_expires(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    watcher = await open_client(server, nursery, "expiry")
+    silent = await open_client(server, nursery, "expiry")
+    entry = AwarenessEntry(7, 1, {"name": "gone quiet"})
+    await silent.send(AwarenessUpdate([entry]))
+    assert await watcher.receive() == AwarenessUpdate([entry])
+    start = trio.current_time()
+    removal = await watcher.receive()
+    assert removal == AwarenessUpdate([AwarenessEntry(7, 1, None)])
+    assert 30 <= trio.current_time() - start <= 33
+    assert len(server.rooms["expiry"].peers) == 2  # the connection itself stays
+
+
+async def test_a_stalled_handshake_times_out(
+    autojump_clock: trio.testing.MockClock, server: RoomServer
+) -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    await client_stream.send_all(b"GET /x HTTP/1.1\r\n")  # and never the rest
+    start = trio.current_time()
+    await server.serve_stream(server_stream)
+    assert trio.current_time() - start == pytest.approx(server.handshake_timeout)
+    assert server.rooms == {}
+
+
+async def test_room_stays_for_the_grace_period_then_unloads(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    client = await open_client(server, nursery, "grace")
+    room = server.rooms["grace"]
+    await client.stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    left_at = trio.current_time()
+    assert not room.peers
+    await room.closed.wait()
+    assert trio.current_time() - left_at == pytest.approx(5.0)
+    assert server.rooms == {}
+
+
+async def test_rejoining_within_the_grace_period_keeps_the_room(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    first = await open_client(server, nursery, "again")
+    room = server.rooms["again"]
+    await first.stream.aclose()
+    await trio.sleep(4.0)
+    await open_client(server, nursery, "again")
+    await trio.sleep(10.0)
+    assert server.rooms["again"] is room
+    assert not room.closed.is_set()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+from rawclient import RawClient
 from wsclient import TestClient, connect, http_get
 from ydocs import insert_text
 
@@ -22,7 +23,7 @@ from trio_ysync.protocol import (
     encode,
 )
 from trio_ysync.server import RoomServer
-from trio_ysync.transport import CloseCode
+from trio_ysync.transport import CloseCode, ServerWebSocket
 
 TIMEOUT = 10
 
@@ -211,3 +212,32 @@ async def test_many_clients_open_new_rooms_at_the_same_instant(running: Running)
             for index in range(rooms * per_room):
                 nursery.start_soon(one_client, index % rooms)
     assert synced == rooms * per_room
+
+
+async def test_a_client_that_stops_reading_is_disconnected_with_bounded_memory(
+    nursery: trio.Nursery,
+) -> None:
+    limit = 256 * 1024
+    server = RoomServer(max_buffered_bytes=limit)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(30):
+        # A client that completes its handshake, asks for updates, and then never reads again.
+        stalled = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await stalled.handshake("slow")
+        await stalled.send(SyncStep1(b"\x00"))
+        async with connect(port, "slow") as writer, connect(port, "slow") as reader:
+            await synced_client(writer)
+            await synced_client(reader)
+            room = server.rooms["slow"]
+            sent = 0
+            while len(room.peers) == 3:
+                assert sent < 200, "the stalled client was never disconnected"
+                await writer.send(SyncUpdate(make_update("x" * 200_000, client_id=1000 + sent)))
+                sent += 1
+                await reader.receive_until(SyncUpdate)
+                for peer in room.peers:
+                    assert isinstance(peer, ServerWebSocket)
+                    assert peer.buffered_bytes <= limit
+            # The reader kept up with every update; only the stalled client is gone.
+            assert len(room.peers) == 2
+        await stalled.stream.aclose()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 import trio.testing
-from memws import MemoryClient
+from rawclient import RawClient
 
 from trio_ysync.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncStep2
 from trio_ysync.server import RoomServer
@@ -27,10 +27,10 @@ async def server() -> AsyncIterator[RoomServer]:
 
 async def open_client(
     server: RoomServer, nursery: trio.Nursery, room: str, **kwargs: bool
-) -> MemoryClient:
+) -> RawClient:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     nursery.start_soon(server.serve_stream, server_stream)
-    client = MemoryClient(client_stream, **kwargs)
+    client = RawClient(client_stream, **kwargs)
     await client.handshake(room)
     assert isinstance(await client.receive(), SyncStep1)
     await client.send(SyncStep1(b"\x00"))

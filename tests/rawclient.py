@@ -1,4 +1,4 @@
-"""A wsproto client over an in-memory stream, for server tests under a MockClock."""
+"""A wsproto client over any trio stream (memory streams under a MockClock, or TCP)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from wsproto.events import (
 from trio_ysync.protocol import Message, decode, encode
 
 
-class MemoryClient:
-    """Speaks WebSocket to ``RoomServer.serve_stream`` over ``memory_stream_pair``."""
+class RawClient:
+    """Speaks WebSocket over ``stream``, answering pings unless told not to."""
 
     def __init__(self, stream: trio.abc.Stream, *, answer_pings: bool = True) -> None:
         self.stream = stream

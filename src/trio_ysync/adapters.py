@@ -175,9 +175,14 @@ class ASGIApp:
 
     async def _lifespan(self, receive: ASGIReceive, send: ASGISend) -> None:
         await receive()  # lifespan.startup
-        async with self.server:
+        if self.server.running:
+            # The application runs the server itself (``async with server``).
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
+        else:
+            async with self.server:
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: ASGIMessage, send: ASGISend) -> None:
@@ -185,7 +190,10 @@ class ASGIApp:
             status, body = 200, b"ok\n"
         else:
             status, body = 426, b"this is a y-websocket server: connect with a WebSocket\n"
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

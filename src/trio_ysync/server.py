@@ -89,7 +89,15 @@ class RoomServer:
         """The loaded rooms by name (a copy)."""
         return dict(self._rooms)
 
+    @property
+    def running(self) -> bool:
+        """Whether the server has a nursery for its rooms (inside ``async with`` or
+        :meth:`serve`)."""
+        return self._rooms_nursery is not None
+
     async def __aenter__(self) -> RoomServer:
+        if self.running:
+            raise RuntimeError("this RoomServer is already running")
         self._context = self._run_rooms()
         await self._context.__aenter__()
         return self

@@ -1,0 +1,156 @@
+"""How rooms use their store: write-ahead, group commit, loading first, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+import trio.testing
+from wsclient import TestClient, connect
+from ydocs import insert_text
+
+from trio_ysync.doc import new_document
+from trio_ysync.protocol import QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
+from trio_ysync.server import RoomServer
+from trio_ysync.store import MemoryStore, StoredRoom, StoreError
+from trio_ysync.transport import CloseCode
+
+TIMEOUT = 10
+
+
+class GatedStore(MemoryStore):
+    """A memory store whose commits (and loads) wait until the test opens a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+        self.gate.set()
+        self.batches: list[list[bytes]] = []
+        self.failures_left = 0
+
+    async def load(self, room: str) -> StoredRoom:
+        await self.gate.wait()
+        return await super().load(room)
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> int:
+        await self.gate.wait()
+        if self.failures_left:
+            self.failures_left -= 1
+            raise StoreError("disk on fire")
+        self.batches.append(list(updates))
+        return await super().append(room, updates)
+
+
+def update(text: str, client_id: int) -> bytes:
+    doc = new_document(client_id=client_id)
+    insert_text(doc, 0, text)
+    return doc.diff()
+
+
+async def join(client: TestClient) -> bytes:
+    assert isinstance(await client.receive(), SyncStep1)
+    await client.send(SyncStep1(b"\x00"))
+    answer = await client.receive_until(SyncStep2)
+    assert isinstance(answer, SyncStep2)
+    return answer.update
+
+
+def text_of(*updates: bytes) -> str:
+    doc = new_document()
+    for item in updates:
+        doc.apply_update(item)
+    return doc.get_text("t")
+
+
+async def test_updates_are_broadcast_only_after_their_commit_and_batched(
+    nursery: trio.Nursery,
+) -> None:
+    store = GatedStore()
+    server = RoomServer(store)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "wal") as writer, connect(port, "wal") as reader:
+            await join(writer)
+            await join(reader)
+            store.gate = trio.Event()  # commits now wait
+            await writer.send(SyncUpdate(update("a", 1)))
+            # Let the first commit start and block, then send two more while it is in flight.
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            await writer.send(SyncUpdate(update("b", 2)), SyncUpdate(update("c", 3)))
+            await writer.send(QueryAwareness())
+            await writer.receive()  # the server has handled everything we sent
+            assert store.batches == []
+            # A newcomer is not told about uncommitted content either.
+            async with connect(port, "wal") as newcomer:
+                assert isinstance(await newcomer.receive(), SyncStep1)
+                await newcomer.send(SyncStep1(b"\x00"))
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                store.gate.set()
+                answer = await newcomer.receive_until(SyncStep2)
+                assert isinstance(answer, SyncStep2)
+                assert sorted(text_of(answer.update)) == ["a", "b", "c"]
+            received = [await reader.receive_until(SyncUpdate) for _ in range(3)]
+            assert sorted(text_of(*(m.update for m in received))) == ["a", "b", "c"]  # type: ignore[union-attr]
+    # One commit for the first update, one for the two that waited behind it.
+    assert [len(batch) for batch in store.batches] == [1, 2]
+
+
+async def test_peers_wait_for_the_stored_document_before_anything_is_answered(
+    nursery: trio.Nursery,
+) -> None:
+    store = GatedStore()
+    await store.append("loaded", [update("stored", 9)])
+    store.gate = trio.Event()
+    server = RoomServer(store)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as clients:
+
+            async def client() -> None:
+                async with connect(port, "loaded") as c:
+                    assert text_of(await join(c)) == "stored"
+
+            for _ in range(3):
+                clients.start_soon(client)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            store.gate.set()
+
+
+async def test_a_failing_store_closes_the_room_visibly_and_the_server_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    store = GatedStore()
+    server = RoomServer(store)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "doomed") as writer, connect(port, "doomed") as reader:
+            await join(writer)
+            await join(reader)
+            store.failures_left = 100  # more than the room retries
+            await writer.send(SyncUpdate(update("lost?", 1)))
+            assert await reader.close_code() == CloseCode.INTERNAL_ERROR
+            assert await writer.close_code() == CloseCode.INTERNAL_ERROR
+        store.failures_left = 0
+        # Nothing that was not committed was ever broadcast, and the room can be used again:
+        # the writer's edit comes back when it reconnects and syncs.
+        async with connect(port, "doomed") as again:
+            assert text_of(await join(again)) == ""
+            await again.send(SyncStep2(update("lost?", 1)), SyncStep1(b"\x00"))
+            # The answer to a SyncStep1 waits for the commit of what came before it.
+            assert text_of((await again.receive_until(SyncStep2)).update) == "lost?"  # type: ignore[union-attr]
+        assert text_of(*(u for batch in store.batches for u in batch)) == "lost?"
+
+
+async def test_a_transient_store_error_is_retried(nursery: trio.Nursery) -> None:
+    store = GatedStore()
+    server = RoomServer(store)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "flaky") as writer, connect(port, "flaky") as reader:
+            await join(writer)
+            await join(reader)
+            store.failures_left = 2
+            await writer.send(SyncUpdate(update("kept", 1)))
+            received = await reader.receive_until(SyncUpdate)
+            assert text_of(received.update) == "kept"  # type: ignore[union-attr]
+    assert store.failures_left == 0

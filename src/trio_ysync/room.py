@@ -31,7 +31,7 @@ from .protocol import (
     decode,
     encode,
 )
-from .store.base import Store, StoreError
+from .store import Store, StoreError
 from .transport import CloseCode, OutgoingMessage
 
 __all__ = ["Peer", "Room", "RoomClosedError", "UnsupportedMessageError"]

@@ -24,8 +24,7 @@ import trio
 from .doc import Backend, DocumentError
 from .protocol import ProtocolError
 from .room import Peer, Room, RoomClosedError, UnsupportedMessageError
-from .store.base import Store
-from .store.memory import MemoryStore
+from .store import MemoryStore, Store
 from .transport import CloseCode, HTTPResponse, ServerWebSocket
 
 __all__ = ["Room", "RoomServer"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import trio
 import trio.testing
 from wsclient import TestClient, connect
-from ydocs import insert_text
+from ydocs import delete_text, insert_text
 
 from trio_ysync.doc import new_document
 from trio_ysync.protocol import QueryAwareness, SyncStep1, SyncStep2, SyncUpdate
@@ -154,3 +154,29 @@ async def test_a_transient_store_error_is_retried(nursery: trio.Nursery) -> None
             received = await reader.receive_until(SyncUpdate)
             assert text_of(received.update) == "kept"  # type: ignore[union-attr]
     assert store.failures_left == 0
+
+
+async def test_a_long_edited_document_keeps_a_bounded_log(nursery: trio.Nursery) -> None:
+    store = MemoryStore()
+    server = RoomServer(store, compact_after_updates=50)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    doc = new_document(client_id=77)
+    updates: list[bytes] = []
+    doc.observe(lambda item, origin: updates.append(item))
+    with trio.fail_after(30):
+        async with connect(port, "long") as writer:
+            await join(writer)
+            for n in range(1000):
+                insert_text(doc, 0, f"{n % 10}")
+                if len(doc.get_text("t")) > 20:
+                    delete_text(doc, 20, 1)
+                for item in updates:
+                    await writer.send(SyncUpdate(item))
+                updates.clear()
+            await writer.send(SyncStep1(b"\x00"))
+            answer = await writer.receive_until(SyncStep2)
+    stored = await store.load("long")
+    assert len(stored.updates) <= 51
+    # The compacted log holds exactly the document the clients have.
+    assert text_of(*stored.updates) == doc.get_text("t") == text_of(answer.update)  # type: ignore[union-attr]
+    assert stored.size_bytes < 20_000

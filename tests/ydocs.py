@@ -18,3 +18,18 @@ def insert_text(doc: Document, index: int, text: str, name: str = "t") -> None:
         native.get(name, type=pycrdt.Text).insert(index, text)
     else:
         raise TypeError(type(doc))
+
+
+def delete_text(doc: Document, index: int, length: int, name: str = "t") -> None:
+    """Delete ``length`` characters at ``index`` of the root text ``name``."""
+    native = doc.native
+    if isinstance(doc, YPyDocument):
+        ytext = native.get_text(name)
+        with native.begin_transaction() as txn:
+            ytext.delete_range(txn, index, length)
+    elif isinstance(doc, PycrdtDocument):
+        import pycrdt
+
+        del native.get(name, type=pycrdt.Text)[index : index + length]
+    else:
+        raise TypeError(type(doc))

@@ -50,6 +50,8 @@ class RoomServer:
         close_timeout: seconds allowed for a closing handshake.
         health_path: a path answered with ``200 ok`` to plain HTTP requests.
         broadcast_before_commit: see :class:`~trio_ysync.room.Room`.
+        compact_after_updates: compact a room's stored log once it holds this many entries.
+        compact_after_bytes: compact a room's stored log once it holds this many bytes.
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class RoomServer:
         close_timeout: float = 5.0,
         health_path: str = "/health",
         broadcast_before_commit: bool = False,
+        compact_after_updates: int = 500,
+        compact_after_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -76,6 +80,8 @@ class RoomServer:
         self.close_timeout = close_timeout
         self.health_path = health_path
         self.broadcast_before_commit = broadcast_before_commit
+        self.compact_after_updates = compact_after_updates
+        self.compact_after_bytes = compact_after_bytes
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()
@@ -227,6 +233,8 @@ class RoomServer:
                     self.store,
                     backend=self.backend,
                     broadcast_before_commit=self.broadcast_before_commit,
+                    compact_after_updates=self.compact_after_updates,
+                    compact_after_bytes=self.compact_after_bytes,
                 )
                 self._rooms[name] = room
                 self._rooms_nursery.start_soon(self._run_room, room)

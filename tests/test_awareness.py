@@ -142,3 +142,9 @@ def test_update_message_defaults_to_every_present_client() -> None:
     awareness.apply([entry(1, 1, {"a": 1}), entry(2, 3, {"b": 1})], now=0)
     awareness.remove([1], now=0)
     assert awareness.update_message() == AwarenessUpdate([entry(2, 3, {"b": 1})])
+
+
+def test_falsy_states_are_sent_as_null_like_y_protocols() -> None:
+    awareness = Awareness()
+    awareness.apply([entry(1, 1, 0), entry(2, 1, ""), entry(3, 1, False), entry(4, 1, {})], now=0)
+    assert [e.state for e in awareness.update_message().entries] == [None, None, None, {}]

@@ -53,6 +53,13 @@ class _Meta:
     last_updated: float
 
 
+def _null_if_falsy(state: JSONValue) -> JSONValue:
+    # y-protocols writes `state || null`: JavaScript's falsy states (0, false, "") go out as null.
+    if state is False or state == "" or (type(state) in (int, float) and state == 0):
+        return None
+    return state
+
+
 class Awareness:
     """Awareness states of one document's clients.
 
@@ -251,7 +258,8 @@ class Awareness:
         for client_id in client_ids:
             meta = self._meta.get(client_id)
             if meta is not None:
-                result.append(AwarenessEntry(client_id, meta.clock, self._states.get(client_id)))
+                state = self._states.get(client_id)
+                result.append(AwarenessEntry(client_id, meta.clock, _null_if_falsy(state)))
         return result
 
     def update_message(self, client_ids: Iterable[int] | None = None) -> AwarenessUpdate:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -91,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from .server import RoomServer
+    from .server import RoomServer, shutdown_on_signals
     from .store import open_store
 
     store = open_store(args.store, fsync=args.fsync)
@@ -103,14 +102,10 @@ async def _serve(args: argparse.Namespace) -> None:
         broadcast_before_commit=args.broadcast_before_commit,
     )
     async with store, trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            port = await nursery.start(server.serve, args.host, args.port)
-            logger.info("store: %r", store)
-            print(f"trio-ysync serving ws://{args.host}:{port}/<room>", flush=True)
-            async for signum in signals:
-                logger.info("received %s", signal.Signals(signum).name)
-                server.shutdown()
-                break
+        port = await nursery.start(server.serve, args.host, args.port)
+        logger.info("store: %r", store)
+        print(f"trio-ysync serving ws://{args.host}:{port}/<room>", flush=True)
+        await shutdown_on_signals(server)
 
 
 async def _store_command(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ peer has left and a grace period has passed.
 from __future__ import annotations
 
 import logging
+import signal
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from .room import Peer, Room, RoomClosedError, UnsupportedMessageError
 from .store import MemoryStore, Store
 from .transport import CloseCode, HTTPResponse, ServerWebSocket
 
-__all__ = ["Room", "RoomServer"]
+__all__ = ["Room", "RoomServer", "shutdown_on_signals"]
 
 logger = logging.getLogger("trio_ysync.server")
 
@@ -284,3 +285,18 @@ class RoomServer:
         except Exception:
             logger.exception("room %r: error handling a message", room.name)
             peer.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+async def shutdown_on_signals(
+    server: RoomServer, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+) -> None:
+    """Wait for one of ``signals``, then shut ``server`` down gracefully (clients get 1001).
+
+    Run it next to :meth:`RoomServer.serve`; without it, Ctrl+C interrupts trio with
+    ``KeyboardInterrupt`` and connections are dropped without a closing handshake.
+    """
+    with trio.open_signal_receiver(*signals) as received:
+        async for signum in received:
+            logger.info("received %s", signal.Signals(signum).name)
+            server.shutdown()
+            return

@@ -1,0 +1,61 @@
+"""Durable storage of rooms: an append-only log of Yjs updates per room, with compaction.
+
+Open a store with :func:`open_store` (SQLite is the default for a server), use it as an async
+context manager, and see :class:`Store` for the contract every store follows.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import Store, StoredRoom, StoreError
+from .files import FileStore, room_filename
+from .importers import import_ypy_websocket_file, import_ypy_websocket_sqlite
+from .memory import MemoryStore
+from .merge import merge_updates
+from .sqlite import SQLiteStore
+
+__all__ = [
+    "FileStore",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "StoredRoom",
+    "import_ypy_websocket_file",
+    "import_ypy_websocket_sqlite",
+    "merge_updates",
+    "open_store",
+    "room_filename",
+]
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
+    """The store that ``spec`` names; it opens its files on ``async with`` or first use.
+
+    * ``"memory"``: a :class:`MemoryStore`.
+    * a path ending in ``.db``, ``.sqlite`` or ``.sqlite3``: a :class:`SQLiteStore`.
+    * an existing directory, or a path ending in ``/``: a :class:`FileStore` (write
+      ``./memory/`` for a directory named ``memory``).
+
+    Args:
+        spec: What to open.
+        fsync: Make every commit durable against power loss, not only against the process being
+            killed (ignored for memory).
+
+    Raises:
+        ValueError: ``spec`` names none of these.
+    """
+    text = os.fspath(spec)
+    if text == "memory":
+        return MemoryStore()
+    if text.lower().endswith(_SQLITE_SUFFIXES):
+        return SQLiteStore(text, fsync=fsync)
+    if text.endswith(("/", os.sep)) or os.path.isdir(text):
+        return FileStore(text, fsync=fsync)
+    raise ValueError(
+        f"cannot tell which store {text!r} means: use 'memory', a path ending in "
+        f"{', '.join(_SQLITE_SUFFIXES)} (SQLite) or a directory ending in '/' (files)"
+    )

@@ -1,0 +1,64 @@
+"""Squash a log of updates into one update, without losing anything."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+
+from ..doc import Backend, DocumentError, new_document
+
+__all__ = ["merge_updates"]
+
+_EMPTY_UPDATE = b"\x00\x00"
+
+
+def merge_updates(updates: Iterable[bytes], backend: Backend | None = None) -> bytes:
+    """One update with the content of all of ``updates``, for compaction.
+
+    The updates are applied to a fresh document of ``backend`` (default:
+    :func:`~trio_ysync.doc.default_backend`) and its full state is encoded
+    (:meth:`~trio_ysync.doc.Document.diff`), so deleted content is garbage-collected and the
+    result is usually much smaller than the log.
+
+    A document keeps aside, as *pending*, the parts of updates whose dependencies it has not seen
+    (an update from a client whose earlier updates are missing), and neither y-py nor pycrdt
+    includes them when encoding its state. When pycrdt is installed, those parts (and every
+    delete) are merged into the result, so applying it together with updates that arrive later
+    gives the same document as applying the original log would. Without pycrdt they are dropped
+    (they are not part of the document's visible content).
+
+    This is CPU-bound: call it in a worker thread (``trio.to_thread.run_sync``) for large logs.
+
+    Args:
+        updates: Yjs v1 updates, in log order.
+        backend: The document library to integrate with.
+
+    Returns:
+        A Yjs v1 update that ``Y.applyUpdate`` accepts.
+
+    Raises:
+        DocumentError: an update is malformed.
+    """
+    updates = [bytes(update) for update in updates]
+    doc = new_document(backend)
+    for update in updates:
+        doc.apply_update(update)
+    merged = doc.diff()
+    if not updates or importlib.util.find_spec("pycrdt") is None:
+        return merged
+    import pycrdt
+
+    try:
+        # Everything in the log that the document has not integrated: pending structs, and the
+        # whole delete set (which includes deletes of pending items).
+        rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*updates), doc.state_vector()))
+        if rest == _EMPTY_UPDATE:
+            return merged
+        return bytes(pycrdt.merge_updates(merged, rest))
+    except Exception as exc:
+        raise DocumentError(f"cannot merge updates: {exc}") from exc
+    except BaseException as exc:
+        # A Rust panic surfaces as pyo3's PanicException, a BaseException.
+        if type(exc).__name__ == "PanicException":
+            raise DocumentError(f"cannot merge updates: {exc}") from exc
+        raise

@@ -15,7 +15,8 @@ JS_DIR = ROOT / "tests" / "js"
 
 def install_node_packages(session: nox.Session) -> None:
     """Install the pinned npm packages of the interop tests (yjs, y-websocket, ...)."""
-    session.run("npm", "ci", "--no-audit", "--no-fund", external=True, cwd=str(JS_DIR))
+    with session.chdir(JS_DIR):
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
 
 
 @nox.session

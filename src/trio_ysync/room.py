@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from .doc import Backend, Document, new_document
+from .doc import Backend, Document, DocumentError, new_document
 from .protocol import (
     Awareness,
     AwarenessChange,
@@ -32,6 +32,7 @@ from .protocol import (
     encode,
 )
 from .store import Store, StoreError
+from .store.admin import compact_room
 from .transport import CloseCode, OutgoingMessage
 
 __all__ = ["Peer", "Room", "RoomClosedError", "UnsupportedMessageError"]
@@ -95,6 +96,7 @@ class Room:
     ) -> None:
         self.name = name
         self.store = store
+        self.backend = backend
         self.document: Document = new_document(backend)
         self.awareness = Awareness()
         self.broadcast_before_commit = broadcast_before_commit
@@ -113,6 +115,7 @@ class Room:
         self._committed_idle.set()
         self._log_entries = 0
         self._log_bytes = 0
+        self._compacting = False
         self._last_seq = 0
         self._loading = True
         #: Set once the stored document is loaded and peers may join.
@@ -147,7 +150,7 @@ class Room:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
-                nursery.start_soon(self._commit_forever)
+                nursery.start_soon(self._commit_forever, nursery)
                 nursery.start_soon(self._expire_awareness_forever)
                 await self._wait_until_idle(idle_timeout)
                 self._stopping = True
@@ -277,7 +280,7 @@ class Room:
 
     # -- store ---------------------------------------------------------------------------
 
-    async def _commit_forever(self) -> None:
+    async def _commit_forever(self, nursery: trio.Nursery) -> None:
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
@@ -289,11 +292,13 @@ class Room:
                 action()
             if not self._uncommitted:
                 self._committed_idle.set()
-            if (
+            if not self._compacting and (
                 self._log_entries >= self.compact_after_updates
                 or self._log_bytes >= self.compact_after_bytes
             ):
-                await self._compact()
+                # In the background: commits go on while the log is merged.
+                self._compacting = True
+                nursery.start_soon(self._compact)
 
     async def _append(self, updates: list[bytes]) -> None:
         delay = 0.05
@@ -323,15 +328,18 @@ class Room:
             peer.close(CloseCode.INTERNAL_ERROR, "storage failure")
 
     async def _compact(self) -> None:
-        through = self._last_seq
-        state = self.document.diff()
+        # Merge the stored log rather than encode the live document: a document leaves out
+        # pending updates (whose dependencies have not arrived), and those must survive.
         try:
-            await self.store.compact(self.name, state, through)
-        except StoreError as exc:
+            result = await compact_room(self.store, self.name, backend=self.backend)
+        except (StoreError, DocumentError) as exc:
             logger.warning("room %r: compaction failed (will retry later): %s", self.name, exc)
             return
-        self._log_entries = 1
-        self._log_bytes = len(state)
+        finally:
+            self._compacting = False
+        if result is not None:
+            self._log_entries -= result.entries_before - 1
+            self._log_bytes -= result.size_before - result.size_after
 
     async def _flush(self) -> None:
         self._commit_wanted.set()

@@ -112,3 +112,13 @@ async def test_rejoining_within_the_grace_period_keeps_the_room(
     await trio.sleep(10.0)
     assert server.rooms["again"] is room
     assert not room.closed.is_set()
+
+
+async def test_a_room_without_grace_period_still_admits_its_first_peer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    # The room is loaded before the peer's handshake completes; it must not unload in between.
+    async with RoomServer(room_grace_period=0) as server:
+        for _ in range(3):
+            client = await open_client(server, nursery, "no-grace")
+            await client.stream.aclose()

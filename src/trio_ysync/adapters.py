@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -129,23 +130,23 @@ def trio_websocket_handler(
     async def handle(request: WebSocketRequest) -> None:
         try:
             path, _, _ = request.path.partition("?")
-            room = await server.open_room(unquote(path.lstrip("/")))
-            ws = await request.accept()
+            async with server.open_room(unquote(path.lstrip("/"))) as room:
+                ws = await request.accept()
 
-            async def receive() -> bytes | str | None:
-                try:
-                    return await ws.get_message()
-                except ConnectionClosed:
-                    return None
+                async def receive() -> bytes | str | None:
+                    try:
+                        return await ws.get_message()
+                    except ConnectionClosed:
+                        return None
 
-            peer = MessagePeer(
-                ws.send_message,
-                receive,
-                lambda code, reason: ws.aclose(code, reason),
-                max_buffered_bytes=server.max_buffered_bytes,
-                close_timeout=server.close_timeout,
-            )
-            await server.serve_peer(room, peer, peer.run)
+                peer = MessagePeer(
+                    ws.send_message,
+                    receive,
+                    lambda code, reason: ws.aclose(code, reason),
+                    max_buffered_bytes=server.max_buffered_bytes,
+                    close_timeout=server.close_timeout,
+                )
+                await server.serve_peer(room, peer, peer.run)
         except RoomClosedError as exc:
             logger.info("refusing a connection: %s", exc)
         except Exception:
@@ -197,34 +198,36 @@ class ASGIApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    @staticmethod
+    async def _receive_message(receive: ASGIReceive) -> bytes | str | None:
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            return None
+        data: bytes | str | None = event.get("bytes")
+        return event.get("text") if data is None else data
+
+    @staticmethod
+    async def _send_bytes(send: ASGISend, data: bytes) -> None:
+        await send({"type": "websocket.send", "bytes": data})
+
+    @staticmethod
+    async def _close(send: ASGISend, code: int, reason: str) -> None:
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+
     async def _websocket(self, scope: ASGIMessage, receive: ASGIReceive, send: ASGISend) -> None:
         try:
             if (await receive())["type"] != "websocket.connect":
                 return
-            room = await self.server.open_room(scope["path"].lstrip("/"))
-            await send({"type": "websocket.accept"})
-
-            async def receive_message() -> bytes | str | None:
-                event = await receive()
-                if event["type"] != "websocket.receive":
-                    return None
-                data: bytes | str | None = event.get("bytes")
-                return event.get("text") if data is None else data
-
-            async def send_message(data: bytes) -> None:
-                await send({"type": "websocket.send", "bytes": data})
-
-            async def close(code: int, reason: str) -> None:
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-
-            peer = MessagePeer(
-                send_message,
-                receive_message,
-                close,
-                max_buffered_bytes=self.server.max_buffered_bytes,
-                close_timeout=self.server.close_timeout,
-            )
-            await self.server.serve_peer(room, peer, peer.run)
+            async with self.server.open_room(scope["path"].lstrip("/")) as room:
+                await send({"type": "websocket.accept"})
+                peer = MessagePeer(
+                    partial(self._send_bytes, send),
+                    partial(self._receive_message, receive),
+                    partial(self._close, send),
+                    max_buffered_bytes=self.server.max_buffered_bytes,
+                    close_timeout=self.server.close_timeout,
+                )
+                await self.server.serve_peer(room, peer, peer.run)
         except RoomClosedError as exc:
             logger.info("refusing a connection: %s", exc)
             await send({"type": "websocket.close", "code": CloseCode.GOING_AWAY})

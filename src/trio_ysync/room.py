@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import trio
@@ -125,6 +126,7 @@ class Room:
         self.failure: BaseException | None = None
         self._stopping = False
         self._idle_changed = trio.Event()
+        self._reservations = 0
         self._cancel_scope: trio.CancelScope | None = None
         self.document.observe(self._on_document_update)
 
@@ -170,16 +172,32 @@ class Room:
         self._stopping = True
         self._idle_changed.set()
 
+    @contextmanager
+    def reserved(self) -> Iterator[None]:
+        """Keep the room loaded while a peer is on its way in (between loading and joining)."""
+        if not self.accepting:
+            raise RoomClosedError(f"room {self.name!r} is not accepting peers")
+        self._reservations += 1
+        try:
+            yield
+        finally:
+            self._reservations -= 1
+            self._idle_changed.set()
+
+    @property
+    def _in_use(self) -> bool:
+        return bool(self.peers or self._reservations)
+
     async def _wait_until_idle(self, idle_timeout: float) -> None:
         while not self._stopping:
             self._idle_changed = trio.Event()
-            if self.peers:
+            if self._in_use:
                 await self._idle_changed.wait()
                 continue
             with trio.move_on_after(idle_timeout):
                 await self._idle_changed.wait()
                 continue
-            if not self.peers:
+            if not self._in_use:
                 return
 
     async def _load(self) -> None:

@@ -191,19 +191,22 @@ class RoomServer:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
         )
-        room: Room | None = None
-        accepted = False
         try:
+            request = None
             with trio.move_on_after(self.handshake_timeout):
                 request = await ws.handshake(self._answer_http)
-                if request is not None:
-                    room = await self.open_room(request.room)
-                    await ws.accept()
-                    accepted = True
-            if room is None or not accepted:
+            if request is None:
                 await trio.aclose_forcefully(stream)
                 return
-            await self.serve_peer(room, ws, ws.run)
+            async with self.open_room(request.room) as room:
+                accepted = False
+                with trio.move_on_after(self.handshake_timeout):
+                    await ws.accept()
+                    accepted = True
+                if not accepted:
+                    await trio.aclose_forcefully(stream)
+                    return
+                await self.serve_peer(room, ws, ws.run)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(stream)
         except RoomClosedError as exc:
@@ -218,8 +221,10 @@ class RoomServer:
             return HTTPResponse(200, b"ok\n")
         return HTTPResponse(426, b"this is a y-websocket server: connect with a WebSocket\n")
 
-    async def open_room(self, name: str) -> Room:
-        """The loaded room ``name``, creating and loading it if needed.
+    @asynccontextmanager
+    async def open_room(self, name: str) -> AsyncIterator[Room]:
+        """The loaded room ``name`` (created and loaded if needed), kept loaded while the
+        ``async with`` block runs, so a peer can finish its handshake before it joins.
 
         Raises:
             RoomClosedError: the server is shutting down or the room failed to load.
@@ -241,11 +246,13 @@ class RoomServer:
                 self._rooms_nursery.start_soon(self._run_room, room)
             await room.ready.wait()
             if room.accepting:
-                return room
+                break
             if room.failure is not None and not room.closed.is_set():
                 raise RoomClosedError(f"room {name!r} failed: {room.failure}")
             # The room is unloading: wait until it has flushed, then load it afresh.
             await room.closed.wait()
+        with room.reserved():
+            yield room
 
     async def _run_room(self, room: Room) -> None:
         logger.info("room %r: loading", room.name)

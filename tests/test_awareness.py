@@ -148,3 +148,15 @@ def test_falsy_states_are_sent_as_null_like_y_protocols() -> None:
     awareness = Awareness()
     awareness.apply([entry(1, 1, 0), entry(2, 1, ""), entry(3, 1, False), entry(4, 1, {})], now=0)
     assert [e.state for e in awareness.update_message().entries] == [None, None, None, {}]
+
+
+def test_check_forgets_clients_that_left_a_timeout_ago() -> None:
+    awareness = Awareness()
+    awareness.apply([entry(1, 3, {"a": 1}), entry(2, 1, {"b": 1})], now=0)
+    awareness.remove([1], now=10)
+    awareness.check(now=39)
+    assert awareness.clock(1) == 3  # left only 29 s ago: a late duplicate is still refused
+    awareness.apply([entry(2, 2, {"b": 2})], now=39)
+    awareness.check(now=40)
+    assert awareness.clock(1) is None
+    assert awareness.clock(2) == 2

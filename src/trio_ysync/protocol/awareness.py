@@ -200,10 +200,10 @@ class Awareness:
             if client_id not in self._states:
                 continue
             del self._states[client_id]
+            meta = self._meta[client_id]
+            meta.last_updated = now  # for an absent client: when it left
             if client_id == self.client_id:
-                meta = self._meta[client_id]
                 meta.clock += 1
-                meta.last_updated = now
             change.removed.append(client_id)
         for controlled in self._controlled.values():
             controlled.difference_update(change.removed)
@@ -232,7 +232,8 @@ class Awareness:
 
         Returns ``(renewed, expired)``: the local state renewed because half the timeout passed
         since it was last sent, and remote states dropped because they were not renewed within
-        the timeout. Both must be announced to peers.
+        the timeout. Both must be announced to peers. The clocks of clients that left a whole
+        timeout ago are forgotten.
         """
         renewed = AwarenessChange()
         local = self.get_local_state()
@@ -248,6 +249,16 @@ class Awareness:
             and now - self._meta[client_id].last_updated >= self.outdated_timeout
         ]
         expired = self.remove(outdated, now) if outdated else AwarenessChange()
+        # Clocks of clients gone for a whole timeout are dropped, so a long-lived room with
+        # many comings and goings stays bounded (y-protocols keeps them forever).
+        self.forget(
+            [
+                client_id
+                for client_id, meta in self._meta.items()
+                if client_id not in self._states
+                and now - meta.last_updated >= self.outdated_timeout
+            ]
+        )
         return renewed, expired
 
     # -- encoding ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import hypercorn.trio
 import pytest
 import trio
 from trio_websocket import serve_websocket
-from wsclient import TestClient, connect, http_get
+from wsclient import connect, http_get
 from ydocs import insert_text
 
 from trio_ysync.adapters import ASGIApp, trio_websocket_handler
@@ -50,20 +50,14 @@ async def port(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIt
             shutdown.set()
 
 
-async def handshake(client: TestClient) -> None:
-    assert isinstance(await client.receive(), SyncStep1)
-    await client.send(SyncStep1(b"\x00"))
-    await client.receive_until(SyncStep2)
-
-
 async def test_sync_and_awareness_through_the_adapter(port: int) -> None:
     doc = new_document(client_id=5)
     insert_text(doc, 0, "adapted")
     entry = AwarenessEntry(5, 1, {"name": "a"})
     with trio.fail_after(TIMEOUT):
         async with connect(port, "room") as a, connect(port, "room") as b:
-            await handshake(a)
-            await handshake(b)
+            await a.join()
+            await b.join()
             await a.send(SyncUpdate(doc.diff()), AwarenessUpdate([entry]))
             # Awareness is broadcast at once, updates once committed: either may come first.
             received = {type(m): m for m in [await b.receive(), await b.receive()]}
@@ -84,7 +78,7 @@ async def test_sync_and_awareness_through_the_adapter(port: int) -> None:
 async def test_bad_input_closes_only_that_connection(port: int) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(port, "bad") as good:
-            await handshake(good)
+            await good.join()
             for garbage, code in (
                 (b"\x00\x05", CloseCode.INVALID_DATA),
                 ("text", CloseCode.UNSUPPORTED_DATA),

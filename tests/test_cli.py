@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 from cliserver import cli_server
-from wsclient import TestClient, connect
+from wsclient import connect
 from ydocs import insert_text
 
 from trio_ysync.doc import new_document
@@ -27,21 +27,13 @@ def run_cli(*args: str, stdin: bytes = b"") -> bytes:
     return result.stdout
 
 
-async def join(client: TestClient) -> bytes:
-    assert isinstance(await client.receive(), SyncStep1)
-    await client.send(SyncStep1(b"\x00"))
-    answer = await client.receive_until(SyncStep2)
-    assert isinstance(answer, SyncStep2)
-    return answer.update
-
-
 async def test_sigterm_closes_clients_with_going_away_and_keeps_the_data(tmp_path: Path) -> None:
     store = str(tmp_path / "rooms.db")
     doc = new_document(client_id=7)
     insert_text(doc, 0, "persisted")
     with trio.fail_after(30):
         async with cli_server("--store", store) as server, connect(server.port, "notes") as client:
-            await join(client)
+            await client.join()
             await client.send(SyncUpdate(doc.diff()), SyncStep1(b"\x00"))
             await client.receive_until(SyncStep2)  # answered after the commit
             server.terminate()

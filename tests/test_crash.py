@@ -8,21 +8,13 @@ import pytest
 import trio
 from cliserver import cli_server
 from trio_websocket import ConnectionClosed, HandshakeError
-from wsclient import TestClient, connect
+from wsclient import connect
 from ydocs import insert_text
 
 from trio_ysync.doc import new_document
-from trio_ysync.protocol import SyncStep1, SyncStep2, SyncUpdate
+from trio_ysync.protocol import SyncUpdate
 
 WRITERS = 4
-
-
-async def join(client: TestClient) -> bytes:
-    assert isinstance(await client.receive(), SyncStep1)
-    await client.send(SyncStep1(b"\x00"))
-    answer = await client.receive_until(SyncStep2)
-    assert isinstance(answer, SyncStep2)
-    return answer.update
 
 
 async def write_forever(port: int, writer: int) -> None:
@@ -31,7 +23,7 @@ async def write_forever(port: int, writer: int) -> None:
     doc.observe(lambda update, origin: updates.append(update))
     try:
         async with connect(port, "crash") as client:
-            await join(client)
+            await client.join()
             for n in range(100_000):
                 insert_text(doc, len(doc.get_text("t")), f"<{writer}.{n}>")
                 await client.send(SyncUpdate(updates.pop()))
@@ -49,7 +41,7 @@ async def test_kill_9_loses_no_broadcast_update(tmp_path: Path, store_name: str)
             connect(server.port, "crash") as observer,
             trio.open_nursery() as nursery,
         ):
-            await join(observer)
+            await observer.join()
             for writer in range(WRITERS):
                 nursery.start_soon(write_forever, server.port, writer)
             received = 0
@@ -62,7 +54,7 @@ async def test_kill_9_loses_no_broadcast_update(tmp_path: Path, store_name: str)
         seen = broadcast.get_text("t")
         async with cli_server("--store", store) as server, connect(server.port, "crash") as client:
             recovered = new_document()
-            recovered.apply_update(await join(client))
+            recovered.apply_update(await client.join())
     tokens = [token for token in seen.replace(">", ">\n").split() if token]
     assert len(tokens) >= 300
     text = recovered.get_text("t")

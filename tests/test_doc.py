@@ -106,3 +106,13 @@ def test_default_backend_prefers_pycrdt() -> None:
 def test_new_documents_draw_32_bit_client_ids(backend: Backend) -> None:
     # yjs draws 32-bit IDs, and y-py disagrees with yrs on ordering clients above 2**32.
     assert all(new_document(backend).client_id < 2**32 for _ in range(50))
+
+
+def test_a_closed_adapter_reports_nothing(make_doc: Callable[..., Document]) -> None:
+    doc = make_doc()
+    seen: list[bytes] = []
+    doc.observe(lambda update, origin: seen.append(update))
+    doc.close()
+    insert_text(doc, 0, "quiet")
+    assert seen == []
+    assert doc.get_text("t") == "quiet"

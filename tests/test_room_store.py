@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import trio
 import trio.testing
-from wsclient import TestClient, connect
+from wsclient import connect
 from ydocs import delete_text, insert_text
 
 from trio_ysync.doc import new_document
@@ -47,14 +47,6 @@ def update(text: str, client_id: int) -> bytes:
     return doc.diff()
 
 
-async def join(client: TestClient) -> bytes:
-    assert isinstance(await client.receive(), SyncStep1)
-    await client.send(SyncStep1(b"\x00"))
-    answer = await client.receive_until(SyncStep2)
-    assert isinstance(answer, SyncStep2)
-    return answer.update
-
-
 def text_of(*updates: bytes) -> str:
     doc = new_document()
     for item in updates:
@@ -70,8 +62,8 @@ async def test_updates_are_broadcast_only_after_their_commit_and_batched(
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "wal") as writer, connect(port, "wal") as reader:
-            await join(writer)
-            await join(reader)
+            await writer.join()
+            await reader.join()
             store.gate = trio.Event()  # commits now wait
             await writer.send(SyncUpdate(update("a", 1)))
             # Let the first commit start and block, then send two more while it is in flight.
@@ -108,7 +100,7 @@ async def test_peers_wait_for_the_stored_document_before_anything_is_answered(
 
             async def client() -> None:
                 async with connect(port, "loaded") as c:
-                    assert text_of(await join(c)) == "stored"
+                    assert text_of(await c.join()) == "stored"
 
             for _ in range(3):
                 clients.start_soon(client)
@@ -124,8 +116,8 @@ async def test_a_failing_store_closes_the_room_visibly_and_the_server_goes_on(
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "doomed") as writer, connect(port, "doomed") as reader:
-            await join(writer)
-            await join(reader)
+            await writer.join()
+            await reader.join()
             store.failures_left = 100  # more than the room retries
             await writer.send(SyncUpdate(update("lost?", 1)))
             assert await reader.close_code() == CloseCode.INTERNAL_ERROR
@@ -134,7 +126,7 @@ async def test_a_failing_store_closes_the_room_visibly_and_the_server_goes_on(
         # Nothing that was not committed was ever broadcast, and the room can be used again:
         # the writer's edit comes back when it reconnects and syncs.
         async with connect(port, "doomed") as again:
-            assert text_of(await join(again)) == ""
+            assert text_of(await again.join()) == ""
             await again.send(SyncStep2(update("lost?", 1)), SyncStep1(b"\x00"))
             # The answer to a SyncStep1 waits for the commit of what came before it.
             assert text_of((await again.receive_until(SyncStep2)).update) == "lost?"  # type: ignore[union-attr]
@@ -147,8 +139,8 @@ async def test_a_transient_store_error_is_retried(nursery: trio.Nursery) -> None
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "flaky") as writer, connect(port, "flaky") as reader:
-            await join(writer)
-            await join(reader)
+            await writer.join()
+            await reader.join()
             store.failures_left = 2
             await writer.send(SyncUpdate(update("kept", 1)))
             received = await reader.receive_until(SyncUpdate)
@@ -165,7 +157,7 @@ async def test_a_long_edited_document_keeps_a_bounded_log(nursery: trio.Nursery)
     doc.observe(lambda item, origin: updates.append(item))
     with trio.fail_after(30):
         async with connect(port, "long") as writer:
-            await join(writer)
+            await writer.join()
             for n in range(1000):
                 insert_text(doc, 0, f"{n % 10}")
                 if len(doc.get_text("t")) > 20:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 from rawclient import RawClient
-from wsclient import TestClient, connect, http_get
+from wsclient import connect, http_get
 from ydocs import insert_text
 
 from trio_ysync.doc import new_document
@@ -48,21 +48,11 @@ def make_update(text: str, client_id: int = 1) -> bytes:
     return doc.diff()
 
 
-async def synced_client(client: TestClient) -> SyncStep2:
-    """Complete the handshake: the server's SyncStep1 comes first, then our step 1 is answered."""
-    first = await client.receive()
-    assert isinstance(first, SyncStep1)
-    await client.send(SyncStep2(b"\x00\x00"), SyncStep1(b"\x00"))
-    answer = await client.receive_until(SyncStep2)
-    assert isinstance(answer, SyncStep2)
-    return answer
-
-
 async def test_updates_reach_the_other_clients_but_not_the_sender(running: Running) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "r") as a, connect(running.port, "r") as b:
-            await synced_client(a)
-            await synced_client(b)
+            await a.join()
+            await b.join()
             update = make_update("hello")
             await a.send(SyncUpdate(update))
             received = await b.receive_until(SyncUpdate)
@@ -77,21 +67,21 @@ async def test_updates_reach_the_other_clients_but_not_the_sender(running: Runni
 async def test_late_joiner_gets_the_whole_document(running: Running) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "late") as a:
-            await synced_client(a)
+            await a.join()
             await a.send(SyncUpdate(make_update("first", 1)), SyncUpdate(make_update("second", 2)))
             await a.send(QueryAwareness())  # processed after both updates
             await a.receive_until(AwarenessUpdate)
         async with connect(running.port, "late") as b:
-            answer = await synced_client(b)
+            answer = await b.join()
             doc = new_document()
-            doc.apply_update(answer.update)
+            doc.apply_update(answer)
             assert sorted(doc.get_text("t")) == sorted("firstsecond")
 
 
 async def test_server_asks_for_what_the_client_has(running: Running) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "step1") as a, connect(running.port, "step1") as b:
-            await synced_client(b)
+            await b.join()
             first = await a.receive()
             assert first == SyncStep1(b"\x00")
             # The client's SyncStep2 (its offline edits) is applied and broadcast.
@@ -106,9 +96,9 @@ async def test_awareness_is_broadcast_sent_to_newcomers_and_removed(running: Run
     entry = AwarenessEntry(42, 1, {"user": {"name": "Zoë"}})
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "aw") as b:
-            await synced_client(b)
+            await b.join()
             async with connect(running.port, "aw") as a:
-                await synced_client(a)
+                await a.join()
                 await a.send(AwarenessUpdate([entry]))
                 # Broadcast to everyone, the sender too (it keeps idle clients' watchdogs quiet).
                 assert await a.receive_until(AwarenessUpdate) == AwarenessUpdate([entry])
@@ -139,10 +129,10 @@ async def test_bad_input_closes_only_that_connection(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "bad") as good, connect(running.port, "bad") as other:
-            await synced_client(good)
-            await synced_client(other)
+            await good.join()
+            await other.join()
             async with connect(running.port, "bad") as bad:
-                await synced_client(bad)
+                await bad.join()
                 await bad.send_raw(payload)
                 assert await bad.close_code() == code
             await good.send(SyncUpdate(make_update("still fine")))
@@ -163,7 +153,7 @@ async def test_plain_http_health_and_upgrade_required(running: Running) -> None:
 async def test_room_names_are_percent_decoded(running: Running) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "caf%C3%A9%20room?token=x") as client:
-            await synced_client(client)
+            await client.join()
             assert "café room" in running.server.rooms
 
 
@@ -172,7 +162,7 @@ async def test_room_unloads_after_the_grace_period_and_keeps_its_content(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "unload") as a:
-            await synced_client(a)
+            await a.join()
             await a.send(SyncUpdate(make_update("kept")))
             await a.send(QueryAwareness())
             await a.receive_until(AwarenessUpdate)
@@ -180,9 +170,9 @@ async def test_room_unloads_after_the_grace_period_and_keeps_its_content(
         await room.closed.wait()
         assert "unload" not in running.server.rooms
         async with connect(running.port, "unload") as b:
-            answer = await synced_client(b)
+            answer = await b.join()
             doc = new_document()
-            doc.apply_update(answer.update)
+            doc.apply_update(answer)
             assert doc.get_text("t") == "kept"
             assert running.server.rooms["unload"] is not room
 
@@ -192,7 +182,7 @@ async def test_shutdown_closes_clients_with_going_away(nursery: trio.Nursery) ->
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "bye") as client:
-            await synced_client(client)
+            await client.join()
             server.shutdown()
             assert await client.close_code() == CloseCode.GOING_AWAY
 
@@ -204,7 +194,7 @@ async def test_many_clients_open_new_rooms_at_the_same_instant(running: Running)
     async def one_client(room: int) -> None:
         nonlocal synced
         async with connect(running.port, f"crowd-{room}") as client:
-            await synced_client(client)
+            await client.join()
             synced += 1
 
     with trio.fail_after(60):
@@ -226,8 +216,8 @@ async def test_a_client_that_stops_reading_is_disconnected_with_bounded_memory(
         await stalled.handshake("slow")
         await stalled.send(SyncStep1(b"\x00"))
         async with connect(port, "slow") as writer, connect(port, "slow") as reader:
-            await synced_client(writer)
-            await synced_client(reader)
+            await writer.join()
+            await reader.join()
             room = server.rooms["slow"]
             sent = 0
             while len(room.peers) == 3:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from trio_ysync.protocol import Message, decode, encode
+from trio_ysync.protocol import Message, SyncStep1, SyncStep2, decode, encode
 
 
 class TestClient:
@@ -38,6 +38,17 @@ class TestClient:
             message = await self.receive()
             if isinstance(message, kind):
                 return message
+
+    async def join(self) -> bytes:
+        """The handshake as y-websocket does it: the server's SyncStep1 comes first; answer it
+        with an empty SyncStep2, send our own SyncStep1 and return the update that answers it
+        (the whole document)."""
+        first = await self.receive()
+        assert isinstance(first, SyncStep1), first
+        await self.send(SyncStep2(b"\x00\x00"), SyncStep1(b"\x00"))
+        answer = await self.receive_until(SyncStep2)
+        assert isinstance(answer, SyncStep2)
+        return answer.update
 
     async def close_code(self) -> int | None:
         """Wait for the server to close the connection; its close code."""

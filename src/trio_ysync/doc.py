@@ -44,21 +44,26 @@ class DocumentError(ValueError):
 class Document(abc.ABC):
     """A Yjs document of either library, seen through the operations sync needs."""
 
-    __slots__ = ("_applying_origin", "_callbacks")
+    __slots__ = ("_applying_origin", "_callbacks", "_doc")
 
-    def __init__(self) -> None:
+    def __init__(self, doc: Any) -> None:
+        self._doc = doc
         self._callbacks: list[UpdateCallback] = []
         self._applying_origin: object = None
 
     @property
-    @abc.abstractmethod
     def native(self) -> Any:
         """The wrapped ``y_py.YDoc`` or ``pycrdt.Doc``."""
+        return self._doc
 
     @property
-    @abc.abstractmethod
     def client_id(self) -> int:
         """The document's own client ID."""
+        return int(self._doc.client_id)
+
+    def close(self) -> None:
+        """Stop observing the native document: this adapter's observers hear nothing more."""
+        self._callbacks.clear()
 
     @abc.abstractmethod
     def state_vector(self) -> bytes:
@@ -114,25 +119,17 @@ class Document(abc.ABC):
 class YPyDocument(Document):
     """A :class:`Document` over a ``y_py.YDoc``."""
 
-    __slots__ = ("_doc", "_subscription")
+    __slots__ = ("_subscription",)
 
     def __init__(self, doc: Any = None) -> None:
         import y_py
 
-        super().__init__()
-        self._doc = y_py.YDoc() if doc is None else doc
+        super().__init__(y_py.YDoc() if doc is None else doc)
         # The event is only valid inside the callback: read the update there.
+        # y-py cannot unsubscribe (close() silences the adapter instead).
         self._subscription = self._doc.observe_after_transaction(
             lambda event: self._dispatch(event.get_update())
         )
-
-    @property
-    def native(self) -> Any:
-        return self._doc
-
-    @property
-    def client_id(self) -> int:
-        return int(self._doc.client_id)
 
     def state_vector(self) -> bytes:
         import y_py
@@ -166,22 +163,19 @@ class YPyDocument(Document):
 class PycrdtDocument(Document):
     """A :class:`Document` over a ``pycrdt.Doc``."""
 
-    __slots__ = ("_doc", "_subscription")
+    __slots__ = ("_subscription",)
 
     def __init__(self, doc: Any = None) -> None:
         import pycrdt
 
-        super().__init__()
-        self._doc = pycrdt.Doc() if doc is None else doc
-        self._subscription = self._doc.observe(lambda event: self._dispatch(event.update))
+        super().__init__(pycrdt.Doc() if doc is None else doc)
+        self._subscription: Any = self._doc.observe(lambda event: self._dispatch(event.update))
 
-    @property
-    def native(self) -> Any:
-        return self._doc
-
-    @property
-    def client_id(self) -> int:
-        return int(self._doc.client_id)
+    def close(self) -> None:
+        super().close()
+        if self._subscription is not None:
+            self._doc.unobserve(self._subscription)
+            self._subscription = None
 
     def state_vector(self) -> bytes:
         return bytes(self._doc.get_state())

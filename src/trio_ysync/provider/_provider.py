@@ -354,6 +354,8 @@ class Provider:
         self.room = room
         #: The document kept in sync (the adapter around the document passed in).
         self.document: Document = wrap_document(doc)
+        # An adapter made here is ours to close: it would keep observing the native document.
+        self._owns_adapter = self.document is not doc
         #: Awareness (presence): this client's state and the room's.
         self.awareness = ProviderAwareness(self.document.client_id, self._on_local_awareness)
         self.params = params
@@ -475,6 +477,8 @@ class Provider:
                 nursery.cancel_scope.cancel()
         finally:
             unobserve()
+            if self._owns_adapter:
+                self.document.close()
             self._failure = failure
             self._stop()
         if failure is not None:

@@ -21,6 +21,8 @@ TIMEOUT = 10
 class GatedStore(MemoryStore):
     """A memory store whose commits (and loads) wait until the test opens a gate."""
 
+    durable = True  # stands for a disk store: rooms write ahead of broadcasting
+
     def __init__(self) -> None:
         super().__init__()
         self.gate = trio.Event()
@@ -172,3 +174,19 @@ async def test_a_long_edited_document_keeps_a_bounded_log(nursery: trio.Nursery)
     # The compacted log holds exactly the document the clients have.
     assert text_of(*stored.updates) == doc.get_text("t") == text_of(answer.update)  # type: ignore[union-attr]
     assert stored.size_bytes < 20_000
+
+
+async def test_a_memory_store_does_not_delay_broadcasts(nursery: trio.Nursery) -> None:
+    store = GatedStore()
+    store.durable = False  # type: ignore[misc]
+    server = RoomServer(store)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "fast") as writer, connect(port, "fast") as reader:
+            await writer.join()
+            await reader.join()
+            store.gate = trio.Event()  # commits now wait, forever
+            await writer.send(SyncUpdate(update("now", 1)))
+            received = await reader.receive_until(SyncUpdate)
+            assert text_of(received.update) == "now"  # type: ignore[union-attr]
+            store.gate.set()

@@ -79,6 +79,7 @@ class Room:
         backend: the document library (default: pycrdt when installed).
         broadcast_before_commit: broadcast updates as soon as they are applied and write them in
             the background (lower latency; a crash may lose updates that peers already saw).
+            Always the case for a store that is not durable (a memory store).
         compact_after_updates: compact the stored log once it holds this many entries.
         compact_after_bytes: compact the stored log once it holds this many bytes.
         store_retries: how many times a failed commit is retried before the room gives up.
@@ -100,7 +101,7 @@ class Room:
         self.backend = backend
         self.document: Document = new_document(backend)
         self.awareness = Awareness()
-        self.broadcast_before_commit = broadcast_before_commit
+        self.broadcast_before_commit = broadcast_before_commit or not store.durable
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
         self.store_retries = store_retries

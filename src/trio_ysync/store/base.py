@@ -105,6 +105,10 @@ class Store(abc.ABC):
     store as an async context manager, or call :meth:`aclose` when done.
     """
 
+    #: Whether a commit survives the process: rooms write ahead of broadcasting only to
+    #: durable stores (for the others it would add latency and protect nothing).
+    durable: ClassVar[bool] = True
+
     @abc.abstractmethod
     async def load(self, room: str) -> StoredRoom:
         """Everything stored for ``room`` (an empty :class:`StoredRoom` for an unknown room).

@@ -29,6 +29,8 @@ class MemoryStore(Store):
     after :meth:`aclose`), so tests written against it hold for them.
     """
 
+    durable = False
+
     def __init__(self) -> None:
         self._rooms: dict[str, _Log] = {}
         self._closed = False

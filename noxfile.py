@@ -47,3 +47,24 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx docs, warnings as errors."""
     session.install("-e", ".", "sphinx>=7")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+BENCH_DIR = ROOT / "tests" / "bench"
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the peers (a few minutes).
+
+    Writes bench-results.json, bench-results.md and docs/_static/bench.png. Arguments pick a
+    workload and its sizes instead: ``nox -s bench -- fanout --clients 50``; see
+    ``python tests/bench/bench.py --help``.
+    """
+    session.install("-e", ".[pycrdt]")
+    # The peers and the tools: one that does not install is reported in the results.
+    for requirement in ("pycrdt-websocket", "hypercorn>=0.16", "matplotlib", "py-spy"):
+        session.run("python", "-m", "pip", "install", "--quiet", requirement, success_codes=[0, 1])
+    # The load generator and the Node peers (the peers are optional dependencies).
+    with session.chdir(BENCH_DIR / "js"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+    session.run("python", str(BENCH_DIR / "bench.py"), *(session.posargs or ["all"]))

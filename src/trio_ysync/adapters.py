@@ -70,9 +70,11 @@ class MessagePeer:
     def send(self, message: OutgoingMessage) -> None:
         """Queue ``message`` without blocking."""
         if self.close_code is None and not self._outgoing.put(message.payload):
+            # It does not read, so it would not read a close frame either: drop it now.
             self._outgoing.clear()
-            logger.warning("closing a slow consumer")
+            logger.warning("dropping a slow consumer")
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+            self._cancel_scope.cancel()
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close after what is already queued has been sent (within ``close_timeout``)."""

@@ -33,7 +33,7 @@ from .protocol import (
     encode,
 )
 from .store import Store, StoreError
-from .store.admin import compact_room
+from .store.merge import with_pending
 from .transport import CloseCode, OutgoingMessage
 
 __all__ = ["Peer", "Room", "RoomClosedError", "UnsupportedMessageError"]
@@ -80,8 +80,9 @@ class Room:
         broadcast_before_commit: broadcast updates as soon as they are applied and write them in
             the background (lower latency; a crash may lose updates that peers already saw).
             Always the case for a store that is not durable (a memory store).
-        compact_after_updates: compact the stored log once it holds this many entries.
-        compact_after_bytes: compact the stored log once it holds this many bytes.
+        compact_after_updates: compact the stored log once it holds this many entries and has
+            grown by at least the size of the last snapshot.
+        compact_after_bytes: compact the stored log once it has grown by this many bytes.
         store_retries: how many times a failed commit is retried before the room gives up.
     """
 
@@ -118,6 +119,7 @@ class Room:
         self._log_entries = 0
         self._log_bytes = 0
         self._compacting = False
+        self._snapshot_bytes = 0
         self._last_seq = 0
         self._loading = True
         #: Set once the stored document is loaded and peers may join.
@@ -311,13 +313,18 @@ class Room:
                 action()
             if not self._uncommitted:
                 self._committed_idle.set()
-            if not self._compacting and (
-                self._log_entries >= self.compact_after_updates
-                or self._log_bytes >= self.compact_after_bytes
-            ):
+            if not self._compacting and self._compaction_due():
                 # In the background: commits go on while the log is merged.
                 self._compacting = True
                 nursery.start_soon(self._compact)
+
+    def _compaction_due(self) -> bool:
+        # Encoding the snapshot costs its size, so wait until the log holds at least that much
+        # again: compaction then costs a bounded amount per stored byte, whatever the document.
+        grown = self._log_bytes - self._snapshot_bytes
+        return grown >= self.compact_after_bytes or (
+            self._log_entries >= self.compact_after_updates and grown >= self._snapshot_bytes
+        )
 
     async def _append(self, updates: list[bytes]) -> None:
         delay = 0.05
@@ -347,18 +354,26 @@ class Room:
             peer.close(CloseCode.INTERNAL_ERROR, "storage failure")
 
     async def _compact(self) -> None:
-        # Merge the stored log rather than encode the live document: a document leaves out
-        # pending updates (whose dependencies have not arrived), and those must survive.
+        # The live document's state replaces the log; the log is still read, because a
+        # document leaves out pending updates (whose dependencies have not arrived) and those
+        # must survive. The document may already hold updates that are not yet committed:
+        # the snapshot then covers them too, which is harmless (updates are idempotent).
         try:
-            result = await compact_room(self.store, self.name, backend=self.backend)
+            stored = await self.store.load(self.name)
+            if len(stored.updates) < 2:
+                return
+            snapshot = await trio.to_thread.run_sync(
+                with_pending, self.document.diff(), stored.updates
+            )
+            await self.store.compact(self.name, snapshot, stored.last_seq)
         except (StoreError, DocumentError) as exc:
             logger.warning("room %r: compaction failed (will retry later): %s", self.name, exc)
             return
         finally:
             self._compacting = False
-        if result is not None:
-            self._log_entries -= result.entries_before - 1
-            self._log_bytes -= result.size_before - result.size_after
+        self._log_entries -= len(stored.updates) - 1
+        self._log_bytes -= stored.size_bytes - len(snapshot)
+        self._snapshot_bytes = len(snapshot)
 
     async def _flush(self) -> None:
         self._commit_wanted.set()

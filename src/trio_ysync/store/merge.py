@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ..doc import Backend, DocumentError, new_document
 
-__all__ = ["merge_updates"]
+__all__ = ["merge_updates", "with_pending"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -43,18 +43,31 @@ def merge_updates(updates: Iterable[bytes], backend: Backend | None = None) -> b
     doc = new_document(backend)
     for update in updates:
         doc.apply_update(update)
-    merged = doc.diff()
+    return with_pending(doc.diff(), updates)
+
+
+def with_pending(snapshot: bytes, updates: list[bytes]) -> bytes:
+    """``snapshot`` (a document's encoded state) plus what ``updates`` hold that it lacks.
+
+    A document's state leaves out pending structs (whose dependencies it has not seen) and the
+    deletes of those; this merges them back in from the log the document was built from, with
+    pycrdt's update merging (no document is built). Without pycrdt, ``snapshot`` is returned.
+
+    Raises:
+        DocumentError: an update is malformed.
+    """
     if not updates or importlib.util.find_spec("pycrdt") is None:
-        return merged
+        return snapshot
     import pycrdt
 
     try:
         # Everything in the log that the document has not integrated: pending structs, and the
         # whole delete set (which includes deletes of pending items).
-        rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*updates), doc.state_vector()))
+        state = pycrdt.get_state(snapshot)
+        rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*updates), state))
         if rest == _EMPTY_UPDATE:
-            return merged
-        return bytes(pycrdt.merge_updates(merged, rest))
+            return snapshot
+        return bytes(pycrdt.merge_updates(snapshot, rest))
     except Exception as exc:
         raise DocumentError(f"cannot merge updates: {exc}") from exc
     except BaseException as exc:

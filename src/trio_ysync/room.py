@@ -120,7 +120,6 @@ class Room:
         self._log_bytes = 0
         self._compacting = False
         self._snapshot_bytes = 0
-        self._last_seq = 0
         self._loading = True
         #: Set once the stored document is loaded and peers may join.
         self.ready = trio.Event()
@@ -130,7 +129,6 @@ class Room:
         self._stopping = False
         self._idle_changed = trio.Event()
         self._reservations = 0
-        self._cancel_scope: trio.CancelScope | None = None
         self.document.observe(self._on_document_update)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -154,7 +152,6 @@ class Room:
             self.ready.set()
             task_status.started()
             async with trio.open_nursery() as nursery:
-                self._cancel_scope = nursery.cancel_scope
                 nursery.start_soon(self._commit_forever, nursery)
                 nursery.start_soon(self._expire_awareness_forever)
                 await self._wait_until_idle(idle_timeout)
@@ -209,7 +206,6 @@ class Room:
             self.document.apply_update(update, origin=self.store)
         self._log_entries = len(stored.updates)
         self._log_bytes = stored.size_bytes
-        self._last_seq = stored.last_seq
         self._loading = False
 
     # -- peers ---------------------------------------------------------------------------
@@ -330,7 +326,7 @@ class Room:
         delay = 0.05
         for attempt in range(self.store_retries + 1):
             try:
-                self._last_seq = await self.store.append(self.name, updates)
+                await self.store.append(self.name, updates)
             except StoreError as exc:
                 if attempt == self.store_retries:
                     logger.error("room %r: giving up writing to the store: %s", self.name, exc)

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -86,7 +87,6 @@ class RoomServer:
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()
-        self._stopped = trio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -108,9 +108,14 @@ class RoomServer:
         await self._context.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
         self.shutdown()
-        await self._context.__aexit__(None, None, None)
+        return await self._context.__aexit__(exc_type, exc, traceback)
 
     @asynccontextmanager
     async def _run_rooms(self) -> AsyncIterator[None]:
@@ -128,7 +133,6 @@ class RoomServer:
                         await self._stop_rooms()
         finally:
             self._rooms_nursery = None
-            self._stopped.set()
 
     def shutdown(self) -> None:
         """Stop accepting connections, close every peer with 1001 and unload every room."""

@@ -43,6 +43,12 @@ class GatedStore(MemoryStore):
         return await super().append(room, updates)
 
 
+async def serve(nursery: trio.Nursery, store: MemoryStore, **options: int) -> int:
+    """Start a room server over ``store`` on 127.0.0.1; its port."""
+    port: int = await nursery.start(RoomServer(store, **options).serve, "127.0.0.1", 0)
+    return port
+
+
 def update(text: str, client_id: int) -> bytes:
     doc = new_document(client_id=client_id)
     insert_text(doc, 0, text)
@@ -60,8 +66,7 @@ async def test_updates_are_broadcast_only_after_their_commit_and_batched(
     nursery: trio.Nursery,
 ) -> None:
     store = GatedStore()
-    server = RoomServer(store)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "wal") as writer, connect(port, "wal") as reader:
             await writer.join()
@@ -95,8 +100,7 @@ async def test_peers_wait_for_the_stored_document_before_anything_is_answered(
     store = GatedStore()
     await store.append("loaded", [update("stored", 9)])
     store.gate = trio.Event()
-    server = RoomServer(store)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store)
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as clients:
 
@@ -114,8 +118,7 @@ async def test_a_failing_store_closes_the_room_visibly_and_the_server_goes_on(
     nursery: trio.Nursery,
 ) -> None:
     store = GatedStore()
-    server = RoomServer(store)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "doomed") as writer, connect(port, "doomed") as reader:
             await writer.join()
@@ -137,8 +140,7 @@ async def test_a_failing_store_closes_the_room_visibly_and_the_server_goes_on(
 
 async def test_a_transient_store_error_is_retried(nursery: trio.Nursery) -> None:
     store = GatedStore()
-    server = RoomServer(store)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "flaky") as writer, connect(port, "flaky") as reader:
             await writer.join()
@@ -152,8 +154,7 @@ async def test_a_transient_store_error_is_retried(nursery: trio.Nursery) -> None
 
 async def test_a_long_edited_document_keeps_a_bounded_log(nursery: trio.Nursery) -> None:
     store = MemoryStore()
-    server = RoomServer(store, compact_after_updates=50)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store, compact_after_updates=50)
     doc = new_document(client_id=77)
     updates: list[bytes] = []
     all_updates: list[bytes] = []
@@ -185,8 +186,7 @@ async def test_a_long_edited_document_keeps_a_bounded_log(nursery: trio.Nursery)
 async def test_a_memory_store_does_not_delay_broadcasts(nursery: trio.Nursery) -> None:
     store = GatedStore()
     store.durable = False  # type: ignore[misc]
-    server = RoomServer(store)
-    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    port = await serve(nursery, store)
     with trio.fail_after(TIMEOUT):
         async with connect(port, "fast") as writer, connect(port, "fast") as reader:
             await writer.join()

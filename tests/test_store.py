@@ -16,9 +16,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nodejs import NODE_DIR, requires_node
-from ydocs import insert_text
+from ydocs import delete_text, insert_text
 
-from trio_ysync.doc import Backend, Document, DocumentError, YPyDocument, new_document
+from trio_ysync.doc import Backend, Document, DocumentError, new_document
 from trio_ysync.store import (
     FileStore,
     MemoryStore,
@@ -104,18 +104,6 @@ class Recorder:
     def take(self) -> list[bytes]:
         updates, self.updates = self.updates, []
         return updates
-
-
-def delete_text(doc: Document, index: int, length: int, name: str = "t") -> None:
-    native = doc.native
-    if isinstance(doc, YPyDocument):
-        ytext = native.get_text(name)
-        with native.begin_transaction() as txn:
-            ytext.delete_range(txn, index, length)
-    else:
-        import pycrdt
-
-        del native.get(name, type=pycrdt.Text)[index : index + length]
 
 
 def text_of(updates: list[bytes], backend: Backend | None = None) -> str:

@@ -43,9 +43,10 @@ class GatedStore(MemoryStore):
         return await super().append(room, updates)
 
 
-async def serve(nursery: trio.Nursery, store: MemoryStore, **options: int) -> int:
+async def serve(nursery: trio.Nursery, store: MemoryStore, compact_after_updates: int = 500) -> int:
     """Start a room server over ``store`` on 127.0.0.1; its port."""
-    port: int = await nursery.start(RoomServer(store, **options).serve, "127.0.0.1", 0)
+    server = RoomServer(store, compact_after_updates=compact_after_updates)
+    port: int = await nursery.start(server.serve, "127.0.0.1", 0)
     return port
 
 

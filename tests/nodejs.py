@@ -400,10 +400,11 @@ async def js_client(url: str, room: str, *, name: str | None = None) -> AsyncIte
 
 
 @asynccontextmanager
-async def reference_server() -> AsyncIterator[int]:
-    """Run the reference y-websocket server (in memory) on 127.0.0.1; yields its port."""
+async def reference_server(port: int = 0) -> AsyncIterator[int]:
+    """Run the reference y-websocket server (in memory) on 127.0.0.1:``port`` (0: any free
+    port); yields the port."""
     process = await trio.lowlevel.open_process(
-        [_node(), "ref_server.mjs", "0"],
+        [_node(), "ref_server.mjs", str(port)],
         cwd=NODE_DIR,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -1,13 +1,14 @@
 """The provider against the reference server (@y/websocket-server) with a real yjs + y-websocket
 client in the same room.
 
-Connections that must break are routed through ``TcpProxy``: it can drop every connection, refuse
-new ones for a while, and switch to another upstream, so that "the server restarted" keeps the
-provider's URL while a fresh reference server (empty, documents live in memory) takes over.
+Connections that must break are routed through ``TcpProxy``: it can drop every connection and
+refuse new ones for a while. A server restart is real: a new reference server process (empty:
+documents live in memory) on the same port.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -195,28 +196,31 @@ async def test_dropped_connection_is_restored_and_offline_edits_arrive(backend: 
             assert proxy.accepted >= 2
 
 
+def free_port() -> int:
+    """A port nobody listens on right now (the servers of a test take turns on it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def test_restarted_server_is_rejoined_and_refilled(backend: str) -> None:
     doc = new_document(backend)  # type: ignore[arg-type]
+    port = free_port()
     with trio.fail_after(40):
-        async with (
-            tcp_proxy(0) as proxy,
-            open_provider(ws_url(proxy.port), doc, room="room", backoff=FAST) as provider,
-        ):
+        async with open_provider(ws_url(port), doc, room="room", backoff=FAST) as provider:
             provider.awareness.set_local_state({"user": "python"})
-            async with reference_server() as first_port:
-                proxy.upstream = first_port
+            async with reference_server(port):
                 await provider.wait_synced()
                 insert_text(doc, 0, "survives restarts")
-                async with js_client(ws_url(first_port), "room") as js:
+                async with js_client(ws_url(port), "room") as js:
                     await js.wait_text("survives restarts")
-            # The first server is gone, and the room's document with it (kept in memory only).
+            # The server is gone, and the room's document with it (kept in memory only).
             await wait_status(provider, ConnectionStatus.DISCONNECTED)
-            async with reference_server() as second_port:
-                proxy.upstream = second_port  # a new server behind the same address
+            async with reference_server(port):  # a new server process on the same port
                 await provider.wait_synced()
                 # The provider re-sent its content when it answered the new server's SyncStep1:
                 # a client joining only now receives it.
-                async with js_client(ws_url(second_port), "room", name="late") as late:
+                async with js_client(ws_url(port), "room", name="late") as late:
                     await late.wait_synced()
                     await late.wait_text("survives restarts")
                     states = await late.wait_awareness_count(2)

@@ -32,7 +32,7 @@ from trio_websocket import (
     wrap_client_stream,
     wrap_server_stream,
 )
-from ydocs import insert_text
+from ydocs import insert_text, wait_text
 
 from trio_ysync.doc import Document, new_document, wrap_document
 from trio_ysync.protocol import (
@@ -311,22 +311,6 @@ URL = "ws://fake.invalid:1234"
 def fake_provider(server: FakeServer, doc: Any, **options: Any) -> Any:
     options.setdefault("backoff", Backoff(initial=1.0, maximum=8.0, jitter=0.0))
     return open_provider(URL, doc, room="room", websocket_factory=server.connect, **options)
-
-
-async def wait_text(doc: Document, text: str) -> None:
-    """Wait until the document's text is ``text``, re-checking after each transaction."""
-    changed = trio.Event()
-
-    def on_update(update: bytes, origin: object) -> None:
-        changed.set()  # reading the document inside its own callback is not allowed (y-py)
-
-    unobserve = doc.observe(on_update)
-    try:
-        while doc.get_text("t") != text:
-            await changed.wait()
-            changed = trio.Event()
-    finally:
-        unobserve()
 
 
 # -- pure units -------------------------------------------------------------------------------

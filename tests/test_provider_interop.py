@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 from nodejs import js_client, reference_server, requires_node, ws_url
-from ydocs import insert_text
+from ydocs import insert_text, wait_text
 
-from trio_ysync.doc import Document, new_document
+from trio_ysync.doc import new_document
 from trio_ysync.provider import Backoff, ConnectionStatus, Provider, open_provider
 
 pytestmark = requires_node
@@ -83,22 +83,6 @@ async def tcp_proxy(upstream: int) -> AsyncIterator[TcpProxy]:
         await nursery.start(proxy.run)
         yield proxy
         nursery.cancel_scope.cancel()
-
-
-async def wait_text(doc: Document, text: str) -> None:
-    """Wait until the document's text is ``text``, re-checking after each transaction."""
-    changed = trio.Event()
-
-    def on_update(update: bytes, origin: object) -> None:
-        changed.set()
-
-    unobserve = doc.observe(on_update)
-    try:
-        while doc.get_text("t") != text:
-            await changed.wait()
-            changed = trio.Event()
-    finally:
-        unobserve()
 
 
 async def wait_status(provider: Provider, status: ConnectionStatus) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from trio_ysync.doc import Document, PycrdtDocument, YPyDocument
 
 
@@ -33,3 +35,19 @@ def delete_text(doc: Document, index: int, length: int, name: str = "t") -> None
         del native.get(name, type=pycrdt.Text)[index : index + length]
     else:
         raise TypeError(type(doc))
+
+
+async def wait_text(doc: Document, text: str, name: str = "t") -> None:
+    """Wait until the root text ``name`` reads ``text``, re-checking after each transaction."""
+    changed = trio.Event()
+
+    def on_update(update: bytes, origin: object) -> None:
+        changed.set()  # reading the document inside its own callback is not allowed (y-py)
+
+    unobserve = doc.observe(on_update)
+    try:
+        while doc.get_text(name) != text:
+            await changed.wait()
+            changed = trio.Event()
+    finally:
+        unobserve()

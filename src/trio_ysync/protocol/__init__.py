@@ -1,4 +1,5 @@
-"""Sans-IO Yjs protocols: lib0 encoding, y-websocket messages, awareness and the sync handshake.
+"""Sans-IO Yjs protocols: lib0 encoding, y-websocket messages, awareness, the sync handshake, and
+validation of updates and state vectors.
 
 Nothing here performs I/O or imports trio, so the codec can be used from any event loop.
 """
@@ -25,8 +26,18 @@ from .messages import (
     encode_json,
 )
 from .sync import SyncDocument, SyncSession
+from .update import (
+    DEFAULT_UPDATE_LIMITS,
+    MAX_CLOCK,
+    UpdateInfo,
+    UpdateLimits,
+    validate_state_vector,
+    validate_update,
+)
 
 __all__ = [
+    "DEFAULT_UPDATE_LIMITS",
+    "MAX_CLOCK",
     "MAX_SAFE_INTEGER",
     "OUTDATED_TIMEOUT",
     "RENEW_INTERVAL",
@@ -49,9 +60,13 @@ __all__ = [
     "SyncStep2",
     "SyncUpdate",
     "UnknownMessage",
+    "UpdateInfo",
+    "UpdateLimits",
     "decode",
     "decode_awareness_update",
     "encode",
     "encode_awareness_update",
     "encode_json",
+    "validate_state_vector",
+    "validate_update",
 ]

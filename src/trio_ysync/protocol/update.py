@@ -176,8 +176,8 @@ def validate_state_vector(
 
 
 def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
-    # One flat loop with local names and the one-byte varUint case inlined: this runs on every
-    # update a server receives, so it allocates nothing per struct.
+    # One flat loop with local names and the short varUint cases inlined: this runs on every
+    # update a server receives, so it makes no objects per struct beyond the strings it checks.
     size = len(data)
     max_depth = limits.max_depth
     allow_json = limits.allow_json_content

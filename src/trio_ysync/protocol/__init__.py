@@ -7,10 +7,12 @@ Nothing here performs I/O or imports trio, so the codec can be used from any eve
 from .awareness import OUTDATED_TIMEOUT, RENEW_INTERVAL, Awareness, AwarenessChange
 from .lib0 import MAX_SAFE_INTEGER, Decoder, Encoder, ProtocolError
 from .messages import (
+    DEFAULT_MESSAGE_LIMITS,
     AwarenessEntry,
     AwarenessUpdate,
     JSONValue,
     Message,
+    MessageLimits,
     MessageType,
     PermissionDenied,
     QueryAwareness,
@@ -24,6 +26,7 @@ from .messages import (
     encode,
     encode_awareness_update,
     encode_json,
+    parse_json,
 )
 from .sync import SyncDocument, SyncSession
 from .update import (
@@ -36,6 +39,7 @@ from .update import (
 )
 
 __all__ = [
+    "DEFAULT_MESSAGE_LIMITS",
     "DEFAULT_UPDATE_LIMITS",
     "MAX_CLOCK",
     "MAX_SAFE_INTEGER",
@@ -49,6 +53,7 @@ __all__ = [
     "Encoder",
     "JSONValue",
     "Message",
+    "MessageLimits",
     "MessageType",
     "PermissionDenied",
     "ProtocolError",
@@ -67,6 +72,7 @@ __all__ = [
     "encode",
     "encode_awareness_update",
     "encode_json",
+    "parse_json",
     "validate_state_vector",
     "validate_update",
 ]

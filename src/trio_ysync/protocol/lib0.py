@@ -7,6 +7,8 @@ input merely claims.
 
 from __future__ import annotations
 
+from ..errors import ProtocolError
+
 __all__ = ["MAX_SAFE_INTEGER", "Decoder", "Encoder", "ProtocolError", "read_var_uint"]
 
 #: The largest integer lib0 encodes losslessly (JavaScript's ``Number.MAX_SAFE_INTEGER``).
@@ -14,10 +16,6 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 # Eight 7-bit groups hold 56 bits, enough for any safe integer; a ninth group is always an error.
 _MAX_VAR_UINT_BYTES = 8
-
-
-class ProtocolError(ValueError):
-    """Raised when bytes are not a valid encoding, or a value cannot be encoded."""
 
 
 def read_var_uint(data: bytes | memoryview, pos: int) -> tuple[int, int]:

@@ -60,8 +60,12 @@ class TestClient:
 
 
 @asynccontextmanager
-async def connect(port: int, room: str) -> AsyncIterator[TestClient]:
-    async with open_websocket_url(f"ws://127.0.0.1:{port}/{room}") as ws:
+async def connect(
+    port: int, room: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[TestClient]:
+    """A client of ``room`` (which may carry a query string: ``notes?token=...``)."""
+    extra = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/{room}", extra_headers=extra) as ws:
         yield TestClient(ws)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from .errors import DocumentBrokenError, DocumentError
+from .protocol import EMPTY_UPDATE
 
 __all__ = [
     "Backend",
@@ -37,8 +38,6 @@ Backend = Literal["pycrdt", "y-py"]
 #: (``None`` for local edits).
 UpdateCallback = Callable[[bytes, object], None]
 
-# An update that changes nothing: no clients, an empty delete set.
-_EMPTY_UPDATE = b"\x00\x00"
 
 _T = TypeVar("_T")
 
@@ -167,7 +166,7 @@ class Document(abc.ABC):
         return unobserve
 
     def _dispatch(self, update: bytes) -> None:
-        if update == _EMPTY_UPDATE:
+        if update == EMPTY_UPDATE:
             return
         origin = self._applying_origin
         for callback in list(self._callbacks):

@@ -32,6 +32,7 @@ from .errors import (
     UnsupportedMessageError,
 )
 from .protocol import (
+    EMPTY_UPDATE,
     Awareness,
     AwarenessChange,
     AwarenessUpdate,
@@ -103,13 +104,18 @@ class Peer:
         "_awareness_mark",
         "_told_read_only",
         "connection",
+        "presence",
         "read_only",
     )
 
-    def __init__(self, connection: Connection, *, read_only: bool = False) -> None:
+    def __init__(
+        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+    ) -> None:
         self.connection = connection
         #: Whether the peer may only read: its updates are never applied.
         self.read_only = read_only
+        #: Whether the peer's awareness (presence) is accepted.
+        self.presence = presence
         self._answer_mark = 0
         self._answer_requested = False
         self._awareness_mark = 0
@@ -338,8 +344,14 @@ class Room:
 
     # -- peers ---------------------------------------------------------------------------
 
-    def join(self, connection: Connection, *, read_only: bool = False) -> Peer:
+    def join(
+        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+    ) -> Peer:
         """Add a peer on ``connection``: send it our state vector and the current awareness.
+
+        A ``read_only`` peer receives everything, but its updates are never applied (it is told
+        once, with the protocol's permission-denied message); without ``presence`` its awareness
+        is ignored.
 
         The peer receives updates only once it has asked for the document (its SyncStep1),
         so it never gets updates before the state they build on.
@@ -357,7 +369,7 @@ class Room:
         except Exception as exc:
             self._fail_on_bug(exc, "greeting a peer")
             raise RoomClosedError(f"room {self.name!r} failed") from exc
-        peer = Peer(connection, read_only=read_only)
+        peer = Peer(connection, read_only=read_only, presence=presence)
         self.peers.add(peer)
         self._idle_changed.set()
         for message in greeting:
@@ -394,7 +406,8 @@ class Room:
         elif isinstance(message, SyncStep1):
             self._request_document(peer, message.state_vector)
         elif isinstance(message, AwarenessUpdate):
-            self._apply_awareness(peer, message)
+            if peer.presence:
+                self._apply_awareness(peer, message)
         elif isinstance(message, QueryAwareness):
             if not peer._in_flight(peer._awareness_mark):
                 peer.send(OutgoingMessage(encode(self.awareness.update_message())))
@@ -406,7 +419,9 @@ class Room:
 
     def _apply(self, peer: Peer, update: bytes) -> None:
         if peer.read_only:
-            if not peer._told_read_only:
+            # y-websocket clients send their (usually empty) SyncStep2 on every connect: only
+            # an update that would change something is worth a refusal.
+            if update != EMPTY_UPDATE and not peer._told_read_only:
                 peer._told_read_only = True
                 peer.send(OutgoingMessage(encode(PermissionDenied("read-only access"))))
             return

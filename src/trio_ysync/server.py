@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,6 +26,7 @@ from typing import Any
 
 import trio
 
+from .auth import Authorize, Grant, Unauthorized, allow_everyone
 from .connection import (
     Connection,
     HTTPRequest,
@@ -34,6 +36,7 @@ from .connection import (
 )
 from .doc import Backend
 from .errors import CloseCode, RoomClosedError, YSyncError
+from .limits import Admission, Limits, ServerFull, TrafficMeter
 from .protocol import (
     DEFAULT_MESSAGE_LIMITS,
     MessageLimits,
@@ -41,6 +44,7 @@ from .protocol import (
 )
 from .room import Peer, Room, RoomState
 from .store import MemoryStore, Store, StoreError
+from .timers import Timers
 from .transport import DEFAULT_MAX_FRAGMENTS, ServerWebSocket, WsprotoPendingConnection
 
 __all__ = ["Room", "RoomServer", "RoomState", "shutdown_on_signals"]
@@ -67,6 +71,10 @@ class RoomServer:
         compact_after_bytes: compact a room's stored log once it holds this many bytes.
         message_limits: bounds on each incoming frame (messages per frame, awareness states).
         max_fragments: how many WebSocket frames one message may be split into.
+        authorize: decides, for each connection before its room is loaded, whether and how it
+            may use the room (see :mod:`trio_ysync.auth`; default: everyone may read and write).
+        limits: connections, rooms and rates allowed (see :class:`~trio_ysync.limits.Limits`).
+        read_only_awareness: whether read-only connections may publish awareness (presence).
     """
 
     def __init__(
@@ -86,6 +94,9 @@ class RoomServer:
         compact_after_bytes: int = 4 * 1024 * 1024,
         message_limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+        authorize: Authorize = allow_everyone,
+        limits: Limits | None = None,
+        read_only_awareness: bool = True,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -101,6 +112,12 @@ class RoomServer:
         self.compact_after_bytes = compact_after_bytes
         self.message_limits = message_limits
         self.max_fragments = max_fragments
+        self.authorize = authorize
+        self.limits = Limits() if limits is None else limits
+        self.read_only_awareness = read_only_awareness
+        self.admission = Admission(self.limits)
+        #: Every deadline of the server (token expiries, ...) runs from this one task.
+        self.timers = Timers()
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()
@@ -141,6 +158,7 @@ class RoomServer:
             return
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.timers.run)
                 self._rooms_nursery = nursery
                 try:
                     yield
@@ -148,6 +166,7 @@ class RoomServer:
                     self.shutdown()
                     with trio.CancelScope(shield=True):
                         await self._stop_rooms()
+                    nursery.cancel_scope.cancel()  # the timers
         finally:
             self._rooms_nursery = None
 
@@ -235,47 +254,99 @@ class RoomServer:
     async def serve_connection(self, pending: PendingConnection) -> None:
         """Serve one WebSocket upgrade request from any transport until the connection closes.
 
-        Opens (loads) the requested room, accepts the upgrade, runs the peer, and makes sure
-        the peer has left the room and the connection is closed on every way out. Refusals
-        answer with an HTTP status. Never raises, except to let cancellation through.
+        Admits the request (limits), authorizes it, opens (loads) the requested room, accepts
+        the upgrade, runs the peer, and makes sure the peer has left the room and the
+        connection is closed on every way out. Refusals answer with an HTTP status, before any
+        room is loaded. Never raises, except to let cancellation through.
         """
         request = pending.request
-        who = request.describe_client()
         try:
+            ticket = self.admission.admit(request)
+        except YSyncError as exc:
+            await self._refuse(pending, exc)
+            return
+        who = ticket.address
+        try:
+            grant = await self._authorize(pending, who)
+            if grant is None:
+                return
             async with self.open_room(request.room) as room:
                 connection: Connection | None = None
                 with trio.move_on_after(self.handshake_timeout):
                     connection = await pending.accept()
                 if connection is not None:
-                    await self._run_peer(room, connection, who)
+                    await self._run_peer(room, connection, grant, who)
         except RoomClosedError as exc:
             logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
-            with trio.move_on_after(self.close_timeout):
-                await pending.refuse(exc.http_status, str(exc))
+            await self._refuse(pending, exc)
+        except ServerFull as exc:
+            self.admission.log_refusal(who, exc)
+            await self._refuse(pending, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             logger.exception("%s: the connection to room %r failed", who, request.room)
+        finally:
+            ticket.release()
 
-    async def _run_peer(self, room: Room, connection: Connection, who: str) -> None:
-        peer: Peer | None = None
+    async def _authorize(self, pending: PendingConnection, who: str) -> Grant | None:
+        """The request's grant, or ``None`` once it has been refused."""
         try:
-            peer = room.join(connection)
+            with trio.fail_after(self.handshake_timeout):
+                return await self.authorize(pending.request)
+        except YSyncError as exc:
+            self.admission.log_refusal(who, exc)
+            await self._refuse(pending, exc)
+        except trio.TooSlowError:
+            logger.error("%s: the authorize hook did not answer in time", who)
+            await self._refuse(pending, ServerFull("authorization timed out"))
+        except Exception:
+            logger.exception("%s: the authorize hook failed", who)
+            await self._refuse(pending, YSyncError("authorization failed"))
+        return None
+
+    async def _refuse(self, pending: PendingConnection, exc: YSyncError) -> None:
+        with trio.move_on_after(self.close_timeout):
+            try:
+                await pending.refuse(exc.http_status, str(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _run_peer(self, room: Room, connection: Connection, grant: Grant, who: str) -> None:
+        peer: Peer | None = None
+        expiry = None
+        try:
+            peer = room.join(
+                connection,
+                read_only=grant.read_only,
+                presence=self.read_only_awareness or not grant.read_only,
+            )
         except RoomClosedError as exc:
             connection.close(exc.close_code, str(exc))
+        if grant.expires_at is not None:
+            expiry = self.timers.call_later(
+                max(0.0, grant.expires_at - time.time()),
+                lambda: connection.close(Unauthorized.close_code, "the token has expired"),
+            )
         try:
             if peer is None:
                 await connection.run(_discard)
             else:
-                await connection.run(partial(self._receive, room, peer, who))
+                meter = TrafficMeter(self.limits, self.max_message_size, trio.current_time())
+                await connection.run(partial(self._receive, room, peer, meter, who))
         finally:
+            if expiry is not None:
+                expiry.cancel()
             if peer is not None:
                 room.leave(peer)
 
-    async def _receive(self, room: Room, peer: Peer, who: str, payload: bytes) -> None:
+    async def _receive(
+        self, room: Room, peer: Peer, meter: TrafficMeter, who: str, payload: bytes
+    ) -> None:
         # The whole frame is decoded and validated before any of it is acted on, and the work
         # of a frame with several messages yields to other connections between them.
         try:
+            meter.count(len(payload), trio.current_time())
             messages = decode(payload, self.message_limits)
             for index, message in enumerate(messages):
                 if peer.closing:
@@ -315,6 +386,8 @@ class RoomServer:
             room = self._rooms.get(name)
             created = room is None
             if room is None:
+                if self.limits.max_rooms is not None and len(self._rooms) >= self.limits.max_rooms:
+                    raise ServerFull("the server is at its room limit")
                 room = Room(
                     name,
                     self.store,

@@ -34,6 +34,7 @@ from typing import Any
 
 import report
 from servers import (
+    BASELINE,
     DEFAULT_SERVERS,
     JS_DIR,
     ROOT,
@@ -43,6 +44,7 @@ from servers import (
     ServerFailed,
     ServerUnavailable,
     pin_to,
+    register_baseline,
 )
 
 LOADGEN = JS_DIR / "loadgen.mjs"
@@ -330,6 +332,16 @@ def run_workload(
     return records
 
 
+def extract_revision(revision: str, into: Path) -> Path:
+    """Write the ``src`` tree of git ``revision`` into ``into``; the ``src`` path."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
 # -- metadata --------------------------------------------------------------------------------
 
 
@@ -404,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", type=Path, metavar="DIR", help="record Python servers with py-spy into DIR"
     )
     common.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
+    common.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure trio-ysync at git revision REV (memory store) in the same run, "
+        "for before/after figures of a change",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     again = commands.add_parser("report", help="print the report of an earlier `all` run")
     again.add_argument("--json", type=Path, default=ROOT / "bench-results.json")
@@ -444,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
         saved = json.loads(args.json.read_text())
+        if saved["meta"].get("baseline"):
+            register_baseline(saved["meta"]["baseline"], Path())
         render = report.rst if args.format == "rst" else report.markdown
         print(render(saved["runs"], saved["meta"]), end="")
         if args.plot:
@@ -464,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trio-ysync-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
+        if args.baseline:
+            register_baseline(args.baseline, extract_revision(args.baseline, workdir / "baseline"))
+            servers.insert(1, BASELINE)
         started = time.monotonic()
         records: list[dict[str, Any]] = []
         sizes: dict[str, dict[str, Any]] = {}
@@ -487,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
             "sizes": sizes,
             "wall_s": round(time.monotonic() - started, 1),
+            "baseline": args.baseline,
         }
         if args.command != "all":
             return 0

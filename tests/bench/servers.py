@@ -47,9 +47,12 @@ class ServerSpec:
     command: Callable[[Path], list[str]]
 
 
-def _trio_ysync(store: str, *options: str) -> Callable[[Path], list[str]]:
+def _trio_ysync(store: str, *options: str, src: Path | None = None) -> Callable[[Path], list[str]]:
+    """``trio-ysync serve`` with ``store``; from the source tree ``src`` instead of the installed
+    package when given (the ``--baseline`` server)."""
+
     def command(workdir: Path) -> list[str]:
-        if importlib.util.find_spec("trio_ysync") is None:
+        if src is None and importlib.util.find_spec("trio_ysync") is None:
             raise ServerUnavailable("trio_ysync is not installed")
         spec = store
         if store == "sqlite":
@@ -57,10 +60,17 @@ def _trio_ysync(store: str, *options: str) -> Callable[[Path], list[str]]:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             spec = str(db)
+        if src is None:
+            program = ["-m", "trio_ysync"]
+        else:
+            program = [
+                "-c",
+                f"import sys; sys.path.insert(0, {str(src)!r}); "
+                "from trio_ysync.cli import main; sys.exit(main())",
+            ]
         return [
             sys.executable,
-            "-m",
-            "trio_ysync",
+            *program,
             "--log-level",
             "WARNING",
             "serve",
@@ -144,6 +154,16 @@ DEFAULT_SERVERS = [
 
 #: The server the ratios are about.
 SUBJECT = "trio-memory"
+#: The name of the ``--baseline`` server (an earlier revision of trio-ysync, memory store).
+BASELINE = "baseline"
+
+
+def register_baseline(revision: str, src: Path) -> None:
+    """Add the server ``baseline``: trio-ysync at ``revision`` (its ``src`` directory), memory
+    store, measured beside the current code in the same run."""
+    SERVERS[BASELINE] = ServerSpec(
+        BASELINE, f"trio-ysync {revision} (memory)", "y-websocket", _trio_ysync("memory", src=src)
+    )
 
 
 def pin_to(cpu: int | None) -> Callable[[], None] | None:

@@ -31,6 +31,7 @@ from .messages import (
 from .sync import SyncDocument, SyncSession
 from .update import (
     DEFAULT_UPDATE_LIMITS,
+    EMPTY_UPDATE,
     MAX_CLOCK,
     UpdateInfo,
     UpdateLimits,
@@ -41,6 +42,7 @@ from .update import (
 __all__ = [
     "DEFAULT_MESSAGE_LIMITS",
     "DEFAULT_UPDATE_LIMITS",
+    "EMPTY_UPDATE",
     "MAX_CLOCK",
     "MAX_SAFE_INTEGER",
     "OUTDATED_TIMEOUT",

@@ -33,12 +33,16 @@ from .lib0 import ProtocolError, read_var_uint
 
 __all__ = [
     "DEFAULT_UPDATE_LIMITS",
+    "EMPTY_UPDATE",
     "MAX_CLOCK",
     "UpdateInfo",
     "UpdateLimits",
     "validate_state_vector",
     "validate_update",
 ]
+
+#: The update that changes nothing (no structs, no deletes), as every library encodes it.
+EMPTY_UPDATE = b"\x00\x00"
 
 #: The largest clock yrs can hold (its clocks are ``u32``). A client's clock after its last
 #: struct, and the end of every delete range, must not exceed it; anything larger wraps around.

@@ -6,11 +6,9 @@ import importlib.util
 from collections.abc import Iterable
 
 from ..doc import Backend, contained, new_document
-from ..protocol import validate_update
+from ..protocol import EMPTY_UPDATE, validate_update
 
 __all__ = ["merge_updates", "with_pending"]
-
-_EMPTY_UPDATE = b"\x00\x00"
 
 
 def merge_updates(updates: Iterable[bytes], backend: Backend | None = None) -> bytes:
@@ -69,7 +67,7 @@ def with_pending(snapshot: bytes, updates: list[bytes]) -> bytes:
         # whole delete set (which includes deletes of pending items).
         state = pycrdt.get_state(snapshot)
         rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*updates), state))
-        if rest == _EMPTY_UPDATE:
+        if rest == EMPTY_UPDATE:
             return snapshot
         return bytes(pycrdt.merge_updates(snapshot, rest))
 

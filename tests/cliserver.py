@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import IO
 
 import trio
 
@@ -30,11 +31,16 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def cli_server(*args: str, port: int = 0) -> AsyncIterator[ServerProcess]:
-    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1; waits until it listens."""
+async def cli_server(
+    *args: str, port: int = 0, stderr: IO[bytes] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1; waits until it listens.
+
+    The server's standard error goes to ``stderr`` (a file) when given, else to ours.
+    """
     command = [sys.executable, "-m", "trio_ysync", "serve", "--host", "127.0.0.1"]
     process = await trio.lowlevel.open_process(
-        [*command, "--port", str(port), *args], stdout=subprocess.PIPE
+        [*command, "--port", str(port), *args], stdout=subprocess.PIPE, stderr=stderr
     )
     try:
         assert process.stdout is not None

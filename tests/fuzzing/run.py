@@ -1,0 +1,286 @@
+"""One fuzzing run: start the server, attack it while honest clients work, report, and replay
+the suspects if anything broke."""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .attackers import Attacker, Link
+from .corpus import build_corpus
+from .honest import HonestRoom
+from .inputs import AttackSource, Limits, select_kinds
+from .ledger import Ledger, Sent
+from .replay import Replayer, Verdict
+from .target import Target, describe_exit, run_target
+
+#: The room the attackers never visit.
+QUIET_ROOM = "quiet"
+
+
+@dataclass
+class FuzzConfig:
+    """What to run; every field has a command line option of the same name."""
+
+    seed: int
+    seconds: float = 10.0
+    messages: int = 5000
+    store: str = "memory"
+    connections: int = 16
+    rooms: int = 4
+    max_message_size: int = 1 << 20
+    kinds: list[str] = field(default_factory=list)
+    timeout: float = 5.0
+    join_interval: float = 2.0
+    out_dir: Path | None = None
+    replay: bool = True
+    replay_limit: int = 100
+
+    def command(self) -> str:
+        """The command line that runs this configuration again."""
+        words = ["python", "tests/fuzz.py", "--seed", str(self.seed)]
+        words += ["--seconds", f"{self.seconds:g}", "--messages", str(self.messages)]
+        words += ["--store", self.store, "--connections", str(self.connections)]
+        words += ["--rooms", str(self.rooms), "--max-message-size", str(self.max_message_size)]
+        if self.kinds:
+            words += ["--kinds", ",".join(self.kinds)]
+        return shlex.join(words)
+
+
+@dataclass
+class Summary:
+    """Everything a run found; ``failures`` says why it failed (empty: it passed)."""
+
+    seed: int
+    store: str
+    command: str
+    duration: float = 0.0
+    messages_sent: int = 0
+    sent_by_kind: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    server_crash: str | None = None
+    server_exit: str = ""
+    tracebacks: int = 0
+    first_tracebacks: list[str] = field(default_factory=list)
+    panics: int = 0
+    log_levels: dict[str, int] = field(default_factory=dict)
+    complaints: dict[str, int] = field(default_factory=dict)
+    close_codes: dict[str, int] = field(default_factory=dict)
+    honest_failures: int = 0
+    first_honest_failures: list[str] = field(default_factory=list)
+    leaks: int = 0
+    first_leaks: list[str] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    output_dir: str = ""
+    suspects_file: str | None = None
+    replayed: list[str] = field(default_factory=list)
+    harmful_inputs: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+    def text(self) -> str:
+        def histogram(counts: dict[str, int]) -> str:
+            ordered = sorted(counts.items(), key=lambda item: -item[1])
+            return ", ".join(f"{key}: {count}" for key, count in ordered) or "none"
+
+        lines = [
+            f"seed {self.seed}, store {self.store}: {self.command}",
+            f"duration {self.duration:.1f} s, {self.messages_sent} attacks on "
+            f"{self.connections} connections, peak server RSS {self.peak_rss_mib:.1f} MiB",
+            f"attacks by kind: {histogram(self.sent_by_kind)}",
+            f"close codes seen by attackers: {histogram(self.close_codes)}",
+            f"server: {self.server_crash or 'survived'}; at shutdown: {self.server_exit}",
+            f"server log: {histogram(self.log_levels)}; {self.tracebacks} traceback(s), "
+            f"{self.panics} Rust panic(s)",
+        ]
+        lines += [f"  {count} x {complaint}" for complaint, count in self.complaints.items()]
+        for index, traceback in enumerate(self.first_tracebacks, 1):
+            lines.append(f"--- traceback {index} ---")
+            lines += traceback.splitlines()[-12:]
+        lines.append(f"honest failures: {self.honest_failures}")
+        lines += [f"  {failure}" for failure in self.first_honest_failures[:10]]
+        lines.append(f"cross-room leaks: {self.leaks}")
+        lines += [f"  {leak}" for leak in self.first_leaks[:10]]
+        if self.replayed:
+            lines.append(f"replayed {len(self.replayed)} suspect input(s); harmful:")
+            lines += [f"  {verdict}" for verdict in self.harmful_inputs] or ["  none"]
+        if self.suspects_file:
+            lines.append(f"suspects: {self.suspects_file}")
+        lines.append(f"server log and files: {self.output_dir}")
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL: " + "; ".join(self.failures)))
+        return "\n".join(lines)
+
+
+async def _watch_exit(target: Target, ledger: Ledger, scope: trio.CancelScope) -> None:
+    await target.died.wait()
+    if not target.stopping:
+        assert target.process.returncode is not None
+        reason = describe_exit(target.process.returncode)
+        ledger.server_died.set()
+        ledger.suspect_recent(f"server {reason} at {ledger.elapsed():.1f} s")
+        scope.cancel()
+
+
+async def _watch_log(target: Target, ledger: Ledger) -> None:
+    while True:
+        await trio.sleep(0.2)
+        new = target.log.poll()
+        if new:
+            ledger.suspect_recent(
+                f"{new} traceback(s) in the server log at {ledger.elapsed():.1f} s"
+            )
+
+
+async def _attack(
+    config: FuzzConfig, target: Target, ledger: Ledger, secrets: dict[str, bytes]
+) -> None:
+    corpus = build_corpus(random.Random(f"{config.seed}:corpus"))
+    kinds = select_kinds(config.kinds)
+    limits = Limits(config.max_message_size)
+    rooms = [f"fuzz-{index}" for index in range(config.rooms)]
+    link = Link(target.port, ledger, secrets, config.timeout)
+    with trio.move_on_after(config.seconds):
+        async with trio.open_nursery() as nursery:
+            for index in range(config.connections):
+                rng = random.Random(f"{config.seed}:attacker:{index}")
+                source = AttackSource(rng, corpus, limits, kinds)
+                nursery.start_soon(Attacker(source, link, rooms).run)
+
+
+def _suspect_entries(ledger: Ledger, limit: int) -> list[Sent]:
+    """Suspects without repeats, those of a crash first."""
+    sets = sorted(ledger.suspects, key=lambda s: not s.reason.startswith("server"))
+    entries: dict[tuple[str, bytes], Sent] = {}
+    for suspect_set in sets:
+        for sent in suspect_set.entries:
+            entries.setdefault((sent.attack.kind, sent.attack.wire), sent)
+    return list(entries.values())[:limit]
+
+
+def save_suspects(
+    path: Path, config: FuzzConfig, ledger: Ledger, entries: list[Sent], verdicts: list[Verdict]
+) -> None:
+    by_seq = {verdict.entry.seq: verdict for verdict in verdicts}
+    data = {
+        "seed": config.seed,
+        "command": config.command(),
+        "sets": [{"reason": s.reason, "seqs": [e.seq for e in s.entries]} for s in ledger.suspects],
+        "entries": [
+            {
+                **sent.to_json(),
+                "verdict": by_seq[sent.seq].describe() if sent.seq in by_seq else None,
+                "harmful": by_seq[sent.seq].harmful if sent.seq in by_seq else None,
+            }
+            for sent in entries
+        ],
+    }
+    path.write_text(json.dumps(data, indent=1))
+
+
+async def fuzz(config: FuzzConfig) -> Summary:
+    """Run the fuzzer as configured and return what it found."""
+    out = config.out_dir or Path(tempfile.mkdtemp(prefix=f"trio-ysync-fuzz-{config.seed}-"))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(config.seed, config.store, config.command(), output_dir=str(out))
+    secret_rng = random.Random(f"{config.seed}:secrets")
+    honest_rooms = ["fuzz-0", QUIET_ROOM]
+    secrets = {
+        room: f"leak-check-{secret_rng.randbytes(8).hex()}".encode() for room in honest_rooms
+    }
+    ledger = Ledger(config.messages)
+    async with (
+        run_target(config.store, out, "server", max_message_size=config.max_message_size) as target,
+        trio.open_nursery() as watchers,
+    ):
+        watchers.start_soon(_watch_exit, target, ledger, watchers.cancel_scope)
+        watchers.start_soon(_watch_log, target, ledger)
+        attack_over = trio.Event()
+        async with trio.open_nursery() as work:
+            for room in honest_rooms:
+                honest = HonestRoom(
+                    room,
+                    random.Random(f"{config.seed}:honest:{room}"),
+                    ledger,
+                    target.port,
+                    secrets,
+                    timeout=config.timeout,
+                    join_interval=config.join_interval,
+                )
+                await work.start(honest.run, attack_over)
+            await _attack(config, target, ledger, secrets)
+            attack_over.set()
+        watchers.cancel_scope.cancel()
+    summary.duration = ledger.elapsed()
+    _fill(summary, target, ledger)
+
+    entries = _suspect_entries(ledger, config.replay_limit)
+    verdicts: list[Verdict] = []
+    if entries and config.replay:
+        verdicts = await _replayer(config, out).replay(entries)
+        summary.replayed = [verdict.describe() for verdict in verdicts]
+        summary.harmful_inputs = [verdict.describe() for verdict in verdicts if verdict.harmful]
+    if entries:
+        summary.suspects_file = str(out / "suspects.json")
+        save_suspects(out / "suspects.json", config, ledger, entries, verdicts)
+    return summary
+
+
+def _fill(summary: Summary, target: Target, ledger: Ledger) -> None:
+    log = target.log
+    returncode = target.process.returncode
+    assert returncode is not None
+    if target.crashed:
+        summary.server_crash = f"CRASHED ({describe_exit(returncode)})"
+        summary.server_exit = "(crashed)"
+        summary.failures.append(f"server crashed ({describe_exit(returncode)})")
+    else:
+        summary.server_exit = "clean" if returncode == 0 else describe_exit(returncode)
+        if returncode != 0:
+            summary.failures.append(f"server did not shut down cleanly ({summary.server_exit})")
+    summary.messages_sent = ledger.total
+    summary.sent_by_kind = dict(sorted(ledger.sent_by_kind.items()))
+    summary.connections = ledger.connections
+    summary.tracebacks = log.tracebacks
+    summary.first_tracebacks = log.first_tracebacks
+    summary.panics = log.panics
+    summary.log_levels = dict(log.levels)
+    summary.complaints = dict(log.complaints.most_common(15))
+    summary.close_codes = dict(ledger.close_codes)
+    summary.honest_failures = ledger.honest_failures.count
+    summary.first_honest_failures = ledger.honest_failures.first
+    summary.leaks = ledger.leaks.count
+    summary.first_leaks = ledger.leaks.first
+    summary.peak_rss_mib = target.peak_rss_kib / 1024
+    if log.tracebacks or log.panics:
+        summary.failures.append(f"{log.tracebacks} traceback(s), {log.panics} panic(s) in the log")
+    if ledger.honest_failures.count:
+        summary.failures.append(f"{ledger.honest_failures.count} honest failure(s)")
+    if ledger.leaks.count:
+        summary.failures.append(f"{ledger.leaks.count} cross-room leak(s)")
+
+
+async def replay_saved(path: Path, config: FuzzConfig) -> list[Verdict]:
+    """Replay the entries of a suspects file saved by an earlier run."""
+    entries = [Sent.from_json(entry) for entry in json.loads(path.read_text())["entries"]]
+    out = config.out_dir or Path(tempfile.mkdtemp(prefix="trio-ysync-fuzz-replay-"))
+    out.mkdir(parents=True, exist_ok=True)
+    return await _replayer(config, out).replay(entries[: config.replay_limit])
+
+
+def _replayer(config: FuzzConfig, out: Path) -> Replayer:
+    return Replayer(config.store, out, config.max_message_size, config.timeout)

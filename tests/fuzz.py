@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import trio
-from fuzzing import FuzzConfig, fuzz, replay_saved
+from fuzzing import FuzzConfig, fuzz, probe, replay_saved
 from fuzzing.inputs import GENERATORS
 from fuzzing.target import STORES
 
@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="directory for logs and suspects (default: temp)")
     parser.add_argument("--no-replay", action="store_true", help="do not replay suspects")
     parser.add_argument("--replay", type=Path, help="replay a saved suspects.json, then exit")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="instead of fuzzing: send --messages inputs, each kind in turn, each alone on a "
+        "fresh connection, and say which do harm",
+    )
     return parser.parse_args(argv)
 
 
@@ -72,11 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         replay=not args.no_replay,
     )
-    if args.replay:
-        verdicts = trio.run(replay_saved, args.replay, config)
+    if args.replay or args.probe:
+        if args.replay:
+            verdicts = trio.run(replay_saved, args.replay, config)
+        else:
+            print(f"trio-ysync fuzz probe: seed {seed}", flush=True)
+            verdicts = trio.run(probe, config)
         for verdict in verdicts:
-            print(verdict.describe())
-        return 1 if any(verdict.harmful for verdict in verdicts) else 0
+            if verdict.harmful or args.replay:
+                print(verdict.describe())
+        harmful = sum(verdict.harmful for verdict in verdicts)
+        print(f"{len(verdicts)} input(s) sent, {harmful} harmful")
+        return 1 if harmful else 0
     print(f"trio-ysync fuzz: seed {seed}", flush=True)
     summary = trio.run(fuzz, config)
     print(summary.text())

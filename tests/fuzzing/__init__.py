@@ -4,6 +4,6 @@ Attackers send mutated real messages, structure-aware garbage, known killers and
 while honest providers keep editing and checking each other; see :func:`fuzz`.
 """
 
-from .run import FuzzConfig, Summary, fuzz, replay_saved
+from .run import FuzzConfig, Summary, fuzz, probe, replay_saved
 
-__all__ = ["FuzzConfig", "Summary", "fuzz", "replay_saved"]
+__all__ = ["FuzzConfig", "Summary", "fuzz", "probe", "replay_saved"]

@@ -15,6 +15,8 @@ from .inputs import Attack
 #: Recent inputs kept, over all connections and per connection.
 RECENT_INPUTS = 64
 RECENT_PER_CONNECTION = 8
+#: Bytes of messages kept as the rooms' histories (to replay a crash that needed a sequence).
+HISTORY_BYTES = 64 * 1024 * 1024
 #: Suspect sets and failure messages kept (later ones are only counted).
 MAX_SUSPECT_SETS = 10
 MAX_MESSAGES = 50
@@ -96,9 +98,18 @@ class Ledger:
         self.exhausted = trio.Event()
         #: Set when the server process died on its own.
         self.server_died = trio.Event()
+        #: The inputs in flight when the server died.
+        self.crash_suspects: SuspectSet | None = None
+        #: Times the server took longer than a second to answer a health check, and the
+        #: longest wait (seconds).
+        self.stalls = 0
+        self.longest_stall = 0.0
         self._connections = 0
         self._recent: deque[Sent] = deque(maxlen=RECENT_INPUTS)
         self._by_connection: dict[int, deque[Sent]] = {}
+        #: Every message sent to each room, in order (up to HISTORY_BYTES in all).
+        self.history: dict[str, list[Sent]] = {}
+        self._history_bytes = 0
 
     def elapsed(self) -> float:
         return trio.current_time() - self.start
@@ -122,6 +133,9 @@ class Ledger:
         sent = Sent(self.total, self.elapsed(), connection, room, attack)
         self._recent.append(sent)
         self._by_connection[connection].append(sent)
+        if attack.message is not None and self._history_bytes < HISTORY_BYTES:
+            self.history.setdefault(room, []).append(sent)
+            self._history_bytes += len(attack.wire)
         return sent
 
     def close_connection(self, connection: int, outcome: str) -> None:
@@ -131,16 +145,19 @@ class Ledger:
         if outcome == "1011" and recent:
             self.suspect(f"close 1011 on connection {connection}", list(recent))
 
-    def suspect(self, reason: str, entries: list[Sent]) -> None:
-        if len(self.suspects) < MAX_SUSPECT_SETS:
-            self.suspects.append(SuspectSet(reason, entries))
+    def suspect(self, reason: str, entries: list[Sent], *, keep: bool = False) -> SuspectSet:
+        """Remember ``entries`` as suspects (only the first sets, unless ``keep``)."""
+        suspects = SuspectSet(reason, entries)
+        if keep or len(self.suspects) < MAX_SUSPECT_SETS:
+            self.suspects.append(suspects)
+        return suspects
 
-    def suspect_recent(self, reason: str) -> None:
+    def suspect_recent(self, reason: str, *, keep: bool = False) -> SuspectSet:
         """The last inputs of every open connection, then the last inputs overall."""
         entries = [sent for recent in self._by_connection.values() for sent in reversed(recent)]
         seen = {sent.seq for sent in entries}
         entries += [sent for sent in reversed(self._recent) if sent.seq not in seen]
-        self.suspect(reason, entries)
+        return self.suspect(reason, entries, keep=keep)
 
     async def honest_failure(self, message: str) -> None:
         """Record a failure of an honest client, unless it only shows that the server died

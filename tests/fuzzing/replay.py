@@ -8,6 +8,7 @@ started again for the next suspect.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from .ledger import Ledger, Sent
 from .target import Target, describe_exit, run_target
 
 SENTINEL = b"fuzz-replay-sentinel"
+#: An input whose handling (with the next client's sync) takes longer than this stalls every
+#: room of the server for that long: a denial of service.
+SLOW_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Verdict:
     server: str
     tracebacks: int
     panics: int
+    #: Seconds from sending it until the next client of the room was synced.
+    seconds: float
 
     @property
     def harmful(self) -> bool:
@@ -43,22 +49,30 @@ class Verdict:
             or self.tracebacks > 0
             or self.panics > 0
             or self.joiner != "synced"
+            or self.answer == "no answer"
+            or self.seconds > SLOW_SECONDS
         )
 
     def describe(self) -> str:
-        attack = self.entry.attack
         if self.server != "alive":
             effect = f"KILLS THE SERVER ({self.server})"
         elif self.tracebacks or self.panics:
             effect = f"{self.tracebacks} traceback(s), {self.panics} panic(s) in the server log"
         elif self.joiner != "synced":
             effect = f"the next client of the room is not served ({self.joiner})"
+        elif self.answer == "no answer" or self.seconds > SLOW_SECONDS:
+            effect = f"stalls the server ({self.seconds:.1f} s)"
         else:
             effect = "harmless"
-        data = attack.message if attack.message is not None else attack.wire
-        shown = data[:48].hex() + (f"... ({len(data)} bytes)" if len(data) > 48 else "")
-        what = "message" if attack.message is not None else "wire bytes"
-        return f"{attack.kind} [{what} {shown}]: {effect}; server answered {self.answer}"
+        return f"{describe_input(self.entry.attack)}: {effect}; server answered {self.answer}"
+
+
+def describe_input(attack: Attack) -> str:
+    """The kind and (the start of) the bytes of an input, in hex."""
+    data = attack.message if attack.message is not None else attack.wire
+    shown = data[:48].hex() + (f"... ({len(data)} bytes)" if len(data) > 48 else "")
+    what = "message" if attack.message is not None else "wire bytes"
+    return f"{attack.kind} [{what} {shown}]"
 
 
 class Replayer:
@@ -69,29 +83,38 @@ class Replayer:
         self.directory = directory
         self.max_message_size = max_message_size
         self.timeout = timeout
+        self.verdicts: list[Verdict] = []
+        self._servers = 0
+
+    def _server(self) -> AbstractAsyncContextManager[Target]:
+        """A fresh server (with a fresh store) of its own name, for its own log file."""
+        self._servers += 1
+        name = f"replay-server-{self._servers}"
+        return run_target(self.store, self.directory, name, max_message_size=self.max_message_size)
 
     async def replay(self, entries: list[Sent]) -> list[Verdict]:
-        """Replay every entry in order, each in a room of its own; one verdict per entry."""
-        verdicts: list[Verdict] = []
-        server_runs = 0
-        while len(verdicts) < len(entries):
-            server_runs += 1
-            name = f"replay-server-{server_runs}"
-            async with run_target(
-                self.store, self.directory, name, max_message_size=self.max_message_size
-            ) as target:
+        """Replay every entry in order, each in a room of its own; one verdict per entry.
+
+        The verdicts are also in :attr:`verdicts` as they come, for a caller that gives up
+        early.
+        """
+        self.verdicts = []
+        while len(self.verdicts) < len(entries):
+            async with self._server() as target:
                 link = Link(target.port, Ledger(budget=0), {}, self.timeout)
-                while len(verdicts) < len(entries) and not target.died.is_set():
-                    index = len(verdicts)
+                while len(self.verdicts) < len(entries) and not target.died.is_set():
+                    index = len(self.verdicts)
                     verdict = await self.replay_one(target, link, entries[index], f"replay-{index}")
-                    verdicts.append(verdict)
-        return verdicts
+                    self.verdicts.append(verdict)
+        return self.verdicts
 
     async def replay_one(self, target: Target, link: Link, entry: Sent, room: str) -> Verdict:
         target.log.poll()
         tracebacks, panics = target.log.tracebacks, target.log.panics
+        started = trio.current_time()
         answer = await self._send(link, room, entry.attack)
         joiner = await join_and_sync(link, room)
+        seconds = trio.current_time() - started
         if joiner != "synced":
             with trio.move_on_after(2.0):
                 await target.died.wait()
@@ -107,6 +130,7 @@ class Replayer:
             server,
             target.log.tracebacks - tracebacks,
             target.log.panics - panics,
+            seconds,
         )
 
     async def _send(self, link: Link, room: str, attack: Attack) -> str:
@@ -141,3 +165,49 @@ class Replayer:
             nursery.cancel_scope.cancel()
         conversation.finish()
         return answer
+
+    async def run_sequence(self, entries: list[Sent]) -> tuple[int | None, list[bool]]:
+        """Send ``entries`` in order into one room of a fresh server, each on a connection of
+        its own, then let a client join and sync.
+
+        Returns the index of the entry the server died of (``len(entries)``: the joiner's
+        sync), or ``None`` if it survived; and for each entry sent, whether the server kept
+        the connection open (it accepted the input).
+        """
+        kept: list[bool] = []
+        room = "sequence"
+        async with self._server() as target:
+            link = Link(target.port, Ledger(budget=0), {}, self.timeout)
+            for index, entry in enumerate(entries):
+                answer = await self._send(link, room, entry.attack)
+                kept.append(answer == "handled (connection kept)")
+                if not kept[-1] and not answer.isdigit():
+                    # Dropped without a close frame: see whether the server died of it.
+                    with trio.move_on_after(0.5):
+                        await target.died.wait()
+                if target.died.is_set():
+                    return index, kept
+            if await join_and_sync(link, room) != "synced":
+                with trio.move_on_after(2.0):
+                    await target.died.wait()
+            return (len(entries) if target.died.is_set() else None), kept
+
+    async def reduce(self, history: list[Sent]) -> list[Sent] | None:
+        """Replay a room's history; if it kills a fresh server, shrink it to a sequence that
+        still does (greedily, one entry at a time) and return that, else ``None``."""
+        died_at, kept = await self.run_sequence(history)
+        if died_at is None:
+            return None
+        # The inputs the server accepted before it died, and the one it died of.
+        sequence = [entry for entry, ok in zip(history[:died_at], kept, strict=False) if ok]
+        sequence += history[died_at : died_at + 1]
+        if (await self.run_sequence(sequence))[0] is None:
+            sequence = history[: died_at + 1]
+        index = 0
+        while index < len(sequence):
+            shorter = sequence[:index] + sequence[index + 1 :]
+            if shorter and (await self.run_sequence(shorter))[0] is not None:
+                sequence = shorter
+            else:
+                index += 1
+        return sequence

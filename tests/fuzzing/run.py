@@ -12,17 +12,23 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from wsclient import http_get
 
 from .attackers import Attacker, Link
 from .corpus import build_corpus
 from .honest import HonestRoom
-from .inputs import AttackSource, Limits, select_kinds
+from .inputs import GENERATORS, AttackSource, Limits, select_kinds
 from .ledger import Ledger, Sent
-from .replay import Replayer, Verdict
+from .replay import Replayer, Verdict, describe_input
 from .target import Target, describe_exit, run_target
 
 #: The room the attackers never visit.
 QUIET_ROOM = "quiet"
+#: How often the server's health page is fetched, and the wait that counts as a stall.
+PULSE_INTERVAL = 0.25
+STALL_SECONDS = 1.0
+#: The least time given to replaying the suspects of a run (more if the run was longer).
+REPLAY_SECONDS = 60.0
 
 
 @dataclass
@@ -78,10 +84,13 @@ class Summary:
     leaks: int = 0
     first_leaks: list[str] = field(default_factory=list)
     peak_rss_mib: float = 0.0
+    stalls: int = 0
+    longest_stall: float = 0.0
     output_dir: str = ""
     suspects_file: str | None = None
     replayed: list[str] = field(default_factory=list)
     harmful_inputs: list[str] = field(default_factory=list)
+    crash_sequence: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -104,7 +113,8 @@ class Summary:
             f"{self.connections} connections, peak server RSS {self.peak_rss_mib:.1f} MiB",
             f"attacks by kind: {histogram(self.sent_by_kind)}",
             f"close codes seen by attackers: {histogram(self.close_codes)}",
-            f"server: {self.server_crash or 'survived'}; at shutdown: {self.server_exit}",
+            f"server: {self.server_crash or 'survived'}; at shutdown: {self.server_exit}; "
+            f"{self.stalls} stall(s) over {STALL_SECONDS:g} s, longest {self.longest_stall:.2f} s",
             f"server log: {histogram(self.log_levels)}; {self.tracebacks} traceback(s), "
             f"{self.panics} Rust panic(s)",
         ]
@@ -119,6 +129,9 @@ class Summary:
         if self.replayed:
             lines.append(f"replayed {len(self.replayed)} suspect input(s); harmful:")
             lines += [f"  {verdict}" for verdict in self.harmful_inputs] or ["  none"]
+        if self.crash_sequence:
+            lines.append("no single input kills a fresh server; this sequence into one room does:")
+            lines += [f"  {step}" for step in self.crash_sequence]
         if self.suspects_file:
             lines.append(f"suspects: {self.suspects_file}")
         lines.append(f"server log and files: {self.output_dir}")
@@ -132,7 +145,9 @@ async def _watch_exit(target: Target, ledger: Ledger, scope: trio.CancelScope) -
         assert target.process.returncode is not None
         reason = describe_exit(target.process.returncode)
         ledger.server_died.set()
-        ledger.suspect_recent(f"server {reason} at {ledger.elapsed():.1f} s")
+        ledger.crash_suspects = ledger.suspect_recent(
+            f"server {reason} at {ledger.elapsed():.1f} s", keep=True
+        )
         scope.cancel()
 
 
@@ -144,6 +159,31 @@ async def _watch_log(target: Target, ledger: Ledger) -> None:
             ledger.suspect_recent(
                 f"{new} traceback(s) in the server log at {ledger.elapsed():.1f} s"
             )
+
+
+async def _watch_pulse(target: Target, ledger: Ledger) -> None:
+    """Ask the server for its health page over and over: an attack that blocks its event loop
+    stalls every room. The inputs in flight when a stall starts become suspects."""
+    while True:
+        started = trio.current_time()
+        answered = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stall_alarm, answered, ledger)
+            try:
+                await http_get(target.port, "/health")
+            except (OSError, trio.BrokenResourceError, IndexError, ValueError):
+                pass  # the server died (reported on its own) or cut the answer short
+            answered.set()
+        ledger.longest_stall = max(ledger.longest_stall, trio.current_time() - started)
+        await trio.sleep(PULSE_INTERVAL)
+
+
+async def _stall_alarm(answered: trio.Event, ledger: Ledger) -> None:
+    with trio.move_on_after(STALL_SECONDS):
+        await answered.wait()
+        return
+    ledger.stalls += 1
+    ledger.suspect_recent(f"server unresponsive for {STALL_SECONDS} s at {ledger.elapsed():.1f} s")
 
 
 async def _attack(
@@ -168,12 +208,19 @@ def _suspect_entries(ledger: Ledger, limit: int) -> list[Sent]:
     entries: dict[tuple[str, bytes], Sent] = {}
     for suspect_set in sets:
         for sent in suspect_set.entries:
-            entries.setdefault((sent.attack.kind, sent.attack.wire), sent)
+            # The same message under another mask is the same input.
+            data = sent.attack.wire if sent.attack.message is None else sent.attack.message
+            entries.setdefault((sent.attack.kind, data), sent)
     return list(entries.values())[:limit]
 
 
 def save_suspects(
-    path: Path, config: FuzzConfig, ledger: Ledger, entries: list[Sent], verdicts: list[Verdict]
+    path: Path,
+    config: FuzzConfig,
+    ledger: Ledger,
+    entries: list[Sent],
+    verdicts: list[Verdict],
+    sequence: list[Sent],
 ) -> None:
     by_seq = {verdict.entry.seq: verdict for verdict in verdicts}
     data = {
@@ -188,6 +235,8 @@ def save_suspects(
             }
             for sent in entries
         ],
+        # Inputs that kill a fresh server when sent in this order into one room.
+        "crash_sequence": [sent.to_json() for sent in sequence],
     }
     path.write_text(json.dumps(data, indent=1))
 
@@ -226,21 +275,44 @@ async def fuzz(config: FuzzConfig) -> Summary:
             attack_over.set()
         watchers.cancel_scope.cancel()
     summary.duration = ledger.elapsed()
-    _fill(summary, target, ledger)
+    _fill(summary, target, ledger, config.timeout)
 
     entries = _suspect_entries(ledger, config.replay_limit)
     verdicts: list[Verdict] = []
     if entries and config.replay:
-        verdicts = await _replayer(config, out).replay(entries)
+        replayer = _replayer(config, out)
+        with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
+            await replayer.replay(entries)
+        verdicts = replayer.verdicts
         summary.replayed = [verdict.describe() for verdict in verdicts]
         summary.harmful_inputs = [verdict.describe() for verdict in verdicts if verdict.harmful]
+    sequence: list[Sent] = []
+    if target.crashed and config.replay and all(v.server == "alive" for v in verdicts):
+        # No input kills a fresh server alone: find the room history that does.
+        with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
+            sequence = await _crash_sequence(_replayer(config, out), ledger)
+        summary.crash_sequence = [describe_input(sent.attack) for sent in sequence] or [
+            "not reproduced (the crash needs more than one room's history, or luck)"
+        ]
     if entries:
         summary.suspects_file = str(out / "suspects.json")
-        save_suspects(out / "suspects.json", config, ledger, entries, verdicts)
+        save_suspects(out / "suspects.json", config, ledger, entries, verdicts, sequence)
     return summary
 
 
-def _fill(summary: Summary, target: Target, ledger: Ledger) -> None:
+async def _crash_sequence(replayer: Replayer, ledger: Ledger) -> list[Sent]:
+    """The shortest history of one room (of those the crash suspects visited, most recent
+    first) found to kill a fresh server, or ``[]``."""
+    assert ledger.crash_suspects is not None
+    rooms = list(dict.fromkeys(sent.room for sent in ledger.crash_suspects.entries))
+    for room in rooms:
+        sequence = await replayer.reduce(ledger.history.get(room, []))
+        if sequence:
+            return sequence
+    return []
+
+
+def _fill(summary: Summary, target: Target, ledger: Ledger, timeout: float) -> None:
     log = target.log
     returncode = target.process.returncode
     assert returncode is not None
@@ -266,10 +338,14 @@ def _fill(summary: Summary, target: Target, ledger: Ledger) -> None:
     summary.leaks = ledger.leaks.count
     summary.first_leaks = ledger.leaks.first
     summary.peak_rss_mib = target.peak_rss_kib / 1024
+    summary.stalls = ledger.stalls
+    summary.longest_stall = ledger.longest_stall
     if log.tracebacks or log.panics:
         summary.failures.append(f"{log.tracebacks} traceback(s), {log.panics} panic(s) in the log")
     if ledger.honest_failures.count:
         summary.failures.append(f"{ledger.honest_failures.count} honest failure(s)")
+    if ledger.longest_stall > timeout:
+        summary.failures.append(f"the server stalled for {ledger.longest_stall:.1f} s")
     if ledger.leaks.count:
         summary.failures.append(f"{ledger.leaks.count} cross-room leak(s)")
 
@@ -279,7 +355,29 @@ async def replay_saved(path: Path, config: FuzzConfig) -> list[Verdict]:
     entries = [Sent.from_json(entry) for entry in json.loads(path.read_text())["entries"]]
     out = config.out_dir or Path(tempfile.mkdtemp(prefix="trio-ysync-fuzz-replay-"))
     out.mkdir(parents=True, exist_ok=True)
-    return await _replayer(config, out).replay(entries[: config.replay_limit])
+    replayer = _replayer(config, out)
+    with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
+        await replayer.replay(entries[: config.replay_limit])
+    return replayer.verdicts
+
+
+async def probe(config: FuzzConfig) -> list[Verdict]:
+    """Send inputs of each selected kind in turn, each alone on a fresh connection to a
+    server that is started again whenever one dies, and judge each: which kinds do harm."""
+    rng = random.Random(f"{config.seed}:probe")
+    corpus = build_corpus(random.Random(f"{config.seed}:corpus"))
+    limits = Limits(config.max_message_size)
+    kinds = select_kinds(config.kinds)
+    entries = []
+    for seq in range(max(config.messages, len(kinds))):
+        attack = GENERATORS[kinds[seq % len(kinds)]][1](rng, corpus, limits)
+        entries.append(Sent(seq, 0.0, seq, "probe", attack))
+    out = config.out_dir or Path(tempfile.mkdtemp(prefix=f"trio-ysync-fuzz-probe-{config.seed}-"))
+    out.mkdir(parents=True, exist_ok=True)
+    replayer = _replayer(config, out)
+    with trio.move_on_after(config.seconds):
+        await replayer.replay(entries)
+    return replayer.verdicts
 
 
 def _replayer(config: FuzzConfig, out: Path) -> Replayer:

@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 from fuzzing import FuzzConfig, fuzz, probe, replay_saved
 from fuzzing.inputs import GENERATORS
+from fuzzing.replay import Verdict
 from fuzzing.target import STORES
 
 
@@ -88,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             if verdict.harmful or args.replay:
                 print(verdict.describe())
         harmful = sum(verdict.harmful for verdict in verdicts)
-        print(f"{len(verdicts)} input(s) sent, {harmful} harmful")
+        print(f"{len(verdicts)} input(s) sent, {harmful} harmful; by kind:")
+        by_kind: dict[str, list[Verdict]] = {}
+        for verdict in verdicts:
+            by_kind.setdefault(verdict.entry.attack.kind, []).append(verdict)
+        for kind, group in by_kind.items():
+            slowest = max(verdict.seconds for verdict in group)
+            bad = sum(verdict.harmful for verdict in group)
+            print(f"  {kind}: {len(group)} sent, {bad} harmful, slowest {slowest:.2f} s")
         return 1 if harmful else 0
     print(f"trio-ysync fuzz: seed {seed}", flush=True)
     summary = trio.run(fuzz, config)

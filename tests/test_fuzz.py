@@ -21,6 +21,7 @@ async def test_short_fuzz_run_breaks_nothing(tmp_path: Path) -> None:
         connections=12,
         out_dir=tmp_path,
         replay_limit=40,
+        replay_seconds=20,
     )
     with trio.fail_after(240):
         summary = await fuzz(config)

@@ -29,6 +29,10 @@ ODD_ROOMS = (
     "odd-%25",
 )
 
+#: Bytes an attacker reads from one connection before it gives up on it: an input that makes
+#: the server answer with this much is an amplification attack (and would make the fuzzer,
+#: not the server, the bottleneck).
+FLOOD_BYTES = 4 * 1024 * 1024
 #: Attacks written on one connection before the attacker moves on to a fresh one.
 MAX_ATTACKS_PER_CONNECTION = 30
 ERRORS = (
@@ -97,17 +101,23 @@ class Conversation:
             return True
         self.finish()
         return False
-        return True
 
     async def read(self) -> None:
         """Record every event until the connection ends; look for other rooms' secrets."""
         assert self.client is not None
+        received = 0
+        tail = b""  # a message may arrive in parts: a secret may straddle two
         try:
             while True:
                 event = await self.client.next_event()
                 if isinstance(event, BytesMessage):
                     payload = bytes(event.data)
-                    leaked = find_leak(self.room, payload, self.secrets)
+                    received += len(payload)
+                    if received > FLOOD_BYTES:
+                        self.outcome = f"flooded (over {FLOOD_BYTES >> 20} MiB received)"
+                        break
+                    leaked = find_leak(self.room, tail + payload, self.secrets)
+                    tail = payload[-64:]
                     if leaked is not None:
                         self.ledger.leak(self.room, leaked, f"attacker connection {self.id}")
                     if payload.startswith(b"\x00\x01"):

@@ -266,6 +266,14 @@ def awareness_odd_entries(rng: random.Random, corpus: Corpus, limits: Limits) ->
     return _message_attack("awareness-odd-entries", message, rng)
 
 
+def query_amplification(rng: random.Random, corpus: Corpus, limits: Limits) -> Attack:
+    """Many awareness states, then many queries for all of them, in one frame: each query
+    costs the server an encoding of every state (and the reply's bytes)."""
+    entries = [(rng.randrange(2**53), 1, b"{}") for _ in range(rng.choice((100, 2000)))]
+    queries = b"\x03" * rng.choice((10, 1000))
+    return _message_attack("query-amplification", awareness_message(entries) + queries, rng)
+
+
 def huge_state_vector(rng: random.Random, corpus: Corpus, limits: Limits) -> Attack:
     choice = rng.randrange(4)
     if choice == 0:
@@ -292,9 +300,10 @@ def concatenated(rng: random.Random, corpus: Corpus, limits: Limits) -> Attack:
 
 
 def many_tiny(rng: random.Random, corpus: Corpus, limits: Limits) -> Attack:
-    """Thousands of tiny messages in one frame."""
+    """Thousands of tiny messages in one frame, up to as many as the largest message holds."""
     tiny = rng.choice((b"\x03", b"\x00\x00\x01\x00", b"\x00\x02\x02\x00\x00", b"\x01\x01\x00"))
-    return _message_attack("many-tiny", tiny * rng.choice((1000, 3000, 10_000)), rng)
+    count = rng.choice((1000, 3000, 10_000, limits.max_message_size // len(tiny)))
+    return _message_attack("many-tiny", tiny * count, rng)
 
 
 def deep_any(rng: random.Random, corpus: Corpus, limits: Limits) -> Attack:
@@ -402,7 +411,7 @@ def zero_continuations(rng: random.Random, corpus: Corpus, limits: Limits) -> At
     """A message followed by thousands of empty continuation frames before its last one."""
     message = rng.choice(corpus.messages)
     key = rng.randbytes(4)
-    count = rng.choice((100, 1000, 5000, 20_000))
+    count = rng.choice((100, 1000, 5000, 20_000, 200_000))
     empty = frame(b"", opcode=OP_CONTINUATION, fin=False, key=key)
     wire = (
         frame(message, fin=False, key=key)
@@ -517,6 +526,7 @@ GENERATORS: dict[str, tuple[int, Generator]] = {
     "query-awareness": (2, query_awareness),
     "awareness-odd-json": (4, awareness_odd_json),
     "awareness-odd-entries": (2, awareness_odd_entries),
+    "query-amplification": (1, query_amplification),
     "huge-state-vector": (3, huge_state_vector),
     "concatenated": (4, concatenated),
     "many-tiny": (1, many_tiny),

@@ -98,12 +98,12 @@ class Ledger:
         self.exhausted = trio.Event()
         #: Set when the server process died on its own.
         self.server_died = trio.Event()
-        #: The inputs in flight when the server died.
-        self.crash_suspects: SuspectSet | None = None
         #: Times the server took longer than a second to answer a health check, and the
         #: longest wait (seconds).
         self.stalls = 0
         self.longest_stall = 0.0
+        #: The longest time this process's own event loop was late (seconds).
+        self.fuzzer_lag = 0.0
         self._connections = 0
         self._recent: deque[Sent] = deque(maxlen=RECENT_INPUTS)
         self._by_connection: dict[int, deque[Sent]] = {}

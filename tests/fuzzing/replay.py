@@ -9,7 +9,7 @@ started again for the next suspect.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -18,12 +18,16 @@ from .attackers import Conversation, Link, join_and_sync, send_before_handshake,
 from .frames import OP_PING, close_frame, frame
 from .inputs import Attack
 from .ledger import Ledger, Sent
-from .target import Target, describe_exit, run_target
+from .target import Target, answers_health_check, describe_exit, run_target
 
 SENTINEL = b"fuzz-replay-sentinel"
 #: An input whose handling (with the next client's sync) takes longer than this stalls every
 #: room of the server for that long: a denial of service.
 SLOW_SECONDS = 2.0
+#: The answer of a server that handled an input and kept the connection open.
+KEPT = "handled (connection kept)"
+#: The verdict on a server that stopped answering (it is killed and started afresh).
+HUNG = "hung: no answer to a health check"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class Verdict:
         )
 
     def describe(self) -> str:
-        if self.server != "alive":
+        if self.server == HUNG:
+            effect = f"BLOCKS THE SERVER (no answer in {self.seconds:.1f} s; killed)"
+        elif self.server != "alive":
             effect = f"KILLS THE SERVER ({self.server})"
         elif self.tracebacks or self.panics:
             effect = f"{self.tracebacks} traceback(s), {self.panics} panic(s) in the server log"
@@ -85,6 +91,7 @@ class Replayer:
         self.timeout = timeout
         self.verdicts: list[Verdict] = []
         self._servers = 0
+        self._pings = 0
 
     def _server(self) -> AbstractAsyncContextManager[Target]:
         """A fresh server (with a fresh store) of its own name, for its own log file."""
@@ -105,6 +112,8 @@ class Replayer:
                 while len(self.verdicts) < len(entries) and not target.died.is_set():
                     index = len(self.verdicts)
                     verdict = await self.replay_one(target, link, entries[index], f"replay-{index}")
+                    if verdict.harmful and not await self._responsive(target):
+                        verdict = replace(verdict, server=HUNG)
                     self.verdicts.append(verdict)
         return self.verdicts
 
@@ -134,30 +143,16 @@ class Replayer:
         )
 
     async def _send(self, link: Link, room: str, attack: Attack) -> str:
-        """Send ``attack`` and a ping after it; how the server answered."""
+        """Send ``attack`` alone on a fresh connection; how the server answered."""
         if attack.before_handshake:
             return await send_before_handshake(link.port, attack)
         conversation = Conversation(link, room)
         if not await conversation.open():
             return conversation.outcome
         assert conversation.client is not None
-        answer = "no answer"
         async with conversation.client.stream, trio.open_nursery() as nursery:
             nursery.start_soon(conversation.read)
-            if not await conversation.write(attack.wire):
-                answer = "write failed"
-            elif attack.after == "disconnect":
-                answer = "client dropped"
-            else:
-                await conversation.write(frame(SENTINEL, opcode=OP_PING))
-                with trio.move_on_after(self.timeout):
-                    while SENTINEL not in conversation.pongs and not conversation.closed.is_set():
-                        await wait_any(conversation.ponged, conversation.closed)
-                        conversation.ponged = trio.Event()
-                if SENTINEL in conversation.pongs:
-                    answer = "handled (connection kept)"
-                elif conversation.closed.is_set():
-                    answer = conversation.outcome
+            answer = await self._deliver(conversation, attack)
             if not conversation.closed.is_set():
                 await conversation.write(close_frame(1000))
                 with trio.move_on_after(1.0):
@@ -166,43 +161,111 @@ class Replayer:
         conversation.finish()
         return answer
 
-    async def run_sequence(self, entries: list[Sent]) -> tuple[int | None, list[bool]]:
-        """Send ``entries`` in order into one room of a fresh server, each on a connection of
-        its own, then let a client join and sync.
+    async def _deliver(self, conversation: Conversation, attack: Attack) -> str:
+        """Write ``attack``, then a ping: its pong proves that the server handled the attack
+        (it handles a connection's frames in order)."""
+        if not await conversation.write(attack.wire):
+            return "write failed"
+        if attack.after == "disconnect":
+            return "client dropped"
+        self._pings += 1
+        sentinel = SENTINEL + str(self._pings).encode()
+        await conversation.write(frame(sentinel, opcode=OP_PING))
+        with trio.move_on_after(self.timeout):
+            while sentinel not in conversation.pongs and not conversation.closed.is_set():
+                await wait_any(conversation.ponged, conversation.closed)
+                conversation.ponged = trio.Event()
+        if sentinel in conversation.pongs:
+            return KEPT
+        if conversation.closed.is_set():
+            return conversation.outcome
+        return "no answer"
 
-        Returns the index of the entry the server died of (``len(entries)``: the joiner's
-        sync), or ``None`` if it survived; and for each entry sent, whether the server kept
-        the connection open (it accepted the input).
+    async def _responsive(self, target: Target) -> bool:
+        """Whether the server answers a health check in time; one that does not is killed
+        (the next input gets a fresh one)."""
+        if not target.died.is_set():
+            with trio.move_on_after(self.timeout):
+                if await answers_health_check(target.port):
+                    return True
+            if target.process.returncode is None:
+                target.process.kill()
+                await target.died.wait()
+        return False
+
+    async def run_sequence(self, entries: list[Sent]) -> tuple[int | None, list[bool]]:
+        """Send ``entries`` in order into one room of a fresh server, each on the connection
+        it was sent on (connections stay open as they did), then let a client join and sync.
+
+        Returns the index of the entry that killed, hung or stalled the server
+        (``len(entries)``: the joiner's sync did), or ``None``; and for each entry sent
+        whether the server kept its connection open (it accepted the input).
         """
         kept: list[bool] = []
         room = "sequence"
-        async with self._server() as target:
+        async with self._server() as target, trio.open_nursery() as nursery:
             link = Link(target.port, Ledger(budget=0), {}, self.timeout)
-            for index, entry in enumerate(entries):
-                answer = await self._send(link, room, entry.attack)
-                kept.append(answer == "handled (connection kept)")
-                if not kept[-1] and not answer.isdigit():
-                    # Dropped without a close frame: see whether the server died of it.
-                    with trio.move_on_after(0.5):
-                        await target.died.wait()
-                if target.died.is_set():
-                    return index, kept
-            if await join_and_sync(link, room) != "synced":
-                with trio.move_on_after(2.0):
-                    await target.died.wait()
-            return (len(entries) if target.died.is_set() else None), kept
+            conversations: dict[int, Conversation] = {}
+            try:
+                for index, entry in enumerate(entries):
+                    started = trio.current_time()
+                    answer = await self._deliver_in_place(link, room, entry, conversations, nursery)
+                    kept.append(answer == KEPT)
+                    if await self._broken(target, answer, trio.current_time() - started):
+                        return index, kept
+                joined = trio.current_time()
+                answer = await join_and_sync(link, room)
+                if await self._broken(target, answer, trio.current_time() - joined):
+                    return len(entries), kept
+                return None, kept
+            finally:
+                for conversation in conversations.values():
+                    assert conversation.client is not None
+                    await trio.aclose_forcefully(conversation.client.stream)
+                nursery.cancel_scope.cancel()
+
+    async def _deliver_in_place(
+        self,
+        link: Link,
+        room: str,
+        entry: Sent,
+        conversations: dict[int, Conversation],
+        nursery: trio.Nursery,
+    ) -> str:
+        attack = entry.attack
+        if attack.before_handshake:
+            return await send_before_handshake(link.port, attack)
+        conversation = conversations.get(entry.connection)
+        if conversation is None or conversation.closed.is_set():
+            conversation = Conversation(link, room)
+            if not await conversation.open():
+                return conversation.outcome
+            conversations[entry.connection] = conversation
+            nursery.start_soon(conversation.read)
+        return await self._deliver(conversation, attack)
+
+    async def _broken(self, target: Target, answer: str, seconds: float) -> bool:
+        """Whether the server died, hangs or took too long over the last input."""
+        if answer not in (KEPT, "synced") and not answer.isdigit():
+            # Dropped without a close frame: see whether the server died of it.
+            with trio.move_on_after(0.5):
+                await target.died.wait()
+        if target.died.is_set() or seconds > SLOW_SECONDS:
+            return True
+        return answer == "no answer" and not await self._responsive(target)
 
     async def reduce(self, history: list[Sent]) -> list[Sent] | None:
-        """Replay a room's history; if it kills a fresh server, shrink it to a sequence that
-        still does (greedily, one entry at a time) and return that, else ``None``."""
-        died_at, kept = await self.run_sequence(history)
-        if died_at is None:
+        """Replay a room's history; if it breaks a fresh server (kills, hangs or stalls it),
+        shrink it to a sequence that still does (greedily, one entry at a time) and return
+        that, else ``None``."""
+        broke_at, kept = await self.run_sequence(history)
+        if broke_at is None:
             return None
-        # The inputs the server accepted before it died, and the one it died of.
-        sequence = [entry for entry, ok in zip(history[:died_at], kept, strict=False) if ok]
-        sequence += history[died_at : died_at + 1]
+        # The inputs the server accepted before it broke, and the one it broke on.
+        sequence = [entry for entry, ok in zip(history[:broke_at], kept, strict=False) if ok]
+        sequence += history[broke_at : broke_at + 1]
         if (await self.run_sequence(sequence))[0] is None:
-            sequence = history[: died_at + 1]
+            sequence = history[: broke_at + 1]
         index = 0
         while index < len(sequence):
             shorter = sequence[:index] + sequence[index + 1 :]

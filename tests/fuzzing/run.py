@@ -3,6 +3,7 @@ the suspects if anything broke."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import random
 import shlex
@@ -12,23 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from wsclient import http_get
 
 from .attackers import Attacker, Link
 from .corpus import build_corpus
 from .honest import HonestRoom
 from .inputs import GENERATORS, AttackSource, Limits, select_kinds
-from .ledger import Ledger, Sent
+from .ledger import Ledger, Sent, SuspectSet
+from .replay import SLOW_SECONDS as SLOW
 from .replay import Replayer, Verdict, describe_input
-from .target import Target, describe_exit, run_target
+from .target import Target, answers_health_check, describe_exit, run_target
 
 #: The room the attackers never visit.
 QUIET_ROOM = "quiet"
 #: How often the server's health page is fetched, and the wait that counts as a stall.
 PULSE_INTERVAL = 0.25
 STALL_SECONDS = 1.0
-#: The least time given to replaying the suspects of a run (more if the run was longer).
-REPLAY_SECONDS = 60.0
+SELF_STALL_SECONDS = 3.0
 
 
 @dataclass
@@ -48,6 +48,8 @@ class FuzzConfig:
     out_dir: Path | None = None
     replay: bool = True
     replay_limit: int = 100
+    #: Time allowed for replaying suspects, and again for searching a breaking sequence.
+    replay_seconds: float = 60.0
 
     def command(self) -> str:
         """The command line that runs this configuration again."""
@@ -86,11 +88,12 @@ class Summary:
     peak_rss_mib: float = 0.0
     stalls: int = 0
     longest_stall: float = 0.0
+    fuzzer_lag: float = 0.0
     output_dir: str = ""
     suspects_file: str | None = None
     replayed: list[str] = field(default_factory=list)
     harmful_inputs: list[str] = field(default_factory=list)
-    crash_sequence: list[str] = field(default_factory=list)
+    breaking_sequence: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -125,13 +128,20 @@ class Summary:
         lines.append(f"honest failures: {self.honest_failures}")
         lines += [f"  {failure}" for failure in self.first_honest_failures[:10]]
         lines.append(f"cross-room leaks: {self.leaks}")
+        if self.fuzzer_lag > 1.0:
+            lines.append(
+                f"WARNING: the fuzzer's own event loop stalled for {self.fuzzer_lag:.1f} s: late "
+                f"honest edits may be its fault (stacks in {self.output_dir}/fuzzer-stalls.txt)"
+            )
         lines += [f"  {leak}" for leak in self.first_leaks[:10]]
         if self.replayed:
             lines.append(f"replayed {len(self.replayed)} suspect input(s); harmful:")
             lines += [f"  {verdict}" for verdict in self.harmful_inputs] or ["  none"]
-        if self.crash_sequence:
-            lines.append("no single input kills a fresh server; this sequence into one room does:")
-            lines += [f"  {step}" for step in self.crash_sequence]
+        if self.breaking_sequence:
+            lines.append(
+                "no single input kills or stalls a fresh server; this sequence into one room does:"
+            )
+            lines += [f"  {step}" for step in self.breaking_sequence]
         if self.suspects_file:
             lines.append(f"suspects: {self.suspects_file}")
         lines.append(f"server log and files: {self.output_dir}")
@@ -145,9 +155,7 @@ async def _watch_exit(target: Target, ledger: Ledger, scope: trio.CancelScope) -
         assert target.process.returncode is not None
         reason = describe_exit(target.process.returncode)
         ledger.server_died.set()
-        ledger.crash_suspects = ledger.suspect_recent(
-            f"server {reason} at {ledger.elapsed():.1f} s", keep=True
-        )
+        ledger.suspect_recent(f"server {reason} at {ledger.elapsed():.1f} s", keep=True)
         scope.cancel()
 
 
@@ -169,10 +177,8 @@ async def _watch_pulse(target: Target, ledger: Ledger) -> None:
         answered = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stall_alarm, answered, ledger)
-            try:
-                await http_get(target.port, "/health")
-            except (OSError, trio.BrokenResourceError, IndexError, ValueError):
-                pass  # the server died (reported on its own) or cut the answer short
+            # A server that died or refuses is reported on its own: this only times answers.
+            await answers_health_check(target.port)
             answered.set()
         ledger.longest_stall = max(ledger.longest_stall, trio.current_time() - started)
         await trio.sleep(PULSE_INTERVAL)
@@ -183,7 +189,22 @@ async def _stall_alarm(answered: trio.Event, ledger: Ledger) -> None:
         await answered.wait()
         return
     ledger.stalls += 1
-    ledger.suspect_recent(f"server unresponsive for {STALL_SECONDS} s at {ledger.elapsed():.1f} s")
+    reason = f"server unresponsive for {STALL_SECONDS} s at {ledger.elapsed():.1f} s"
+    ledger.suspect_recent(reason, keep=ledger.stalls == 1)
+
+
+async def _watch_self(out: Path, ledger: Ledger) -> None:
+    """Measure how late this process's own event loop runs: a fuzzer that blocks makes honest
+    edits look late. If it blocks for SELF_STALL_SECONDS, its threads' stacks are dumped."""
+    with (out / "fuzzer-stalls.txt").open("w") as file:
+        try:
+            while True:
+                faulthandler.dump_traceback_later(SELF_STALL_SECONDS, file=file)
+                before = trio.current_time()
+                await trio.sleep(0.1)
+                ledger.fuzzer_lag = max(ledger.fuzzer_lag, trio.current_time() - before - 0.1)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
 
 
 async def _attack(
@@ -235,8 +256,8 @@ def save_suspects(
             }
             for sent in entries
         ],
-        # Inputs that kill a fresh server when sent in this order into one room.
-        "crash_sequence": [sent.to_json() for sent in sequence],
+        # Inputs that kill or stall a fresh server when sent in this order into one room.
+        "breaking_sequence": [sent.to_json() for sent in sequence],
     }
     path.write_text(json.dumps(data, indent=1))
 
@@ -258,6 +279,8 @@ async def fuzz(config: FuzzConfig) -> Summary:
     ):
         watchers.start_soon(_watch_exit, target, ledger, watchers.cancel_scope)
         watchers.start_soon(_watch_log, target, ledger)
+        watchers.start_soon(_watch_pulse, target, ledger)
+        watchers.start_soon(_watch_self, out, ledger)
         attack_over = trio.Event()
         async with trio.open_nursery() as work:
             for room in honest_rooms:
@@ -281,18 +304,19 @@ async def fuzz(config: FuzzConfig) -> Summary:
     verdicts: list[Verdict] = []
     if entries and config.replay:
         replayer = _replayer(config, out)
-        with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
+        with trio.move_on_after(config.replay_seconds):
             await replayer.replay(entries)
         verdicts = replayer.verdicts
         summary.replayed = [verdict.describe() for verdict in verdicts]
         summary.harmful_inputs = [verdict.describe() for verdict in verdicts if verdict.harmful]
     sequence: list[Sent] = []
-    if target.crashed and config.replay and all(v.server == "alive" for v in verdicts):
-        # No input kills a fresh server alone: find the room history that does.
-        with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
-            sequence = await _crash_sequence(_replayer(config, out), ledger)
-        summary.crash_sequence = [describe_input(sent.attack) for sent in sequence] or [
-            "not reproduced (the crash needs more than one room's history, or luck)"
+    broken = [s for s in ledger.suspects if s.reason.startswith("server")]
+    if broken and config.replay and not any(_breaks(verdict) for verdict in verdicts):
+        # No input alone kills, hangs or stalls a fresh server: find a room history that does.
+        with trio.move_on_after(config.replay_seconds):
+            sequence = await _breaking_sequence(_replayer(config, out), ledger, broken)
+        summary.breaking_sequence = [describe_input(sent.attack) for sent in sequence] or [
+            "not reproduced (it needs more than one room's history, or timing)"
         ]
     if entries:
         summary.suspects_file = str(out / "suspects.json")
@@ -300,11 +324,16 @@ async def fuzz(config: FuzzConfig) -> Summary:
     return summary
 
 
-async def _crash_sequence(replayer: Replayer, ledger: Ledger) -> list[Sent]:
-    """The shortest history of one room (of those the crash suspects visited, most recent
-    first) found to kill a fresh server, or ``[]``."""
-    assert ledger.crash_suspects is not None
-    rooms = list(dict.fromkeys(sent.room for sent in ledger.crash_suspects.entries))
+def _breaks(verdict: Verdict) -> bool:
+    return verdict.server != "alive" or verdict.answer == "no answer" or verdict.seconds > SLOW
+
+
+async def _breaking_sequence(
+    replayer: Replayer, ledger: Ledger, broken: list[SuspectSet]
+) -> list[Sent]:
+    """The shortest history of one room (of those the suspects of a crash or stall visited,
+    most recent first) found to kill, hang or stall a fresh server, or ``[]``."""
+    rooms = list(dict.fromkeys(sent.room for s in broken for sent in s.entries))
     for room in rooms:
         sequence = await replayer.reduce(ledger.history.get(room, []))
         if sequence:
@@ -340,6 +369,7 @@ def _fill(summary: Summary, target: Target, ledger: Ledger, timeout: float) -> N
     summary.peak_rss_mib = target.peak_rss_kib / 1024
     summary.stalls = ledger.stalls
     summary.longest_stall = ledger.longest_stall
+    summary.fuzzer_lag = ledger.fuzzer_lag
     if log.tracebacks or log.panics:
         summary.failures.append(f"{log.tracebacks} traceback(s), {log.panics} panic(s) in the log")
     if ledger.honest_failures.count:
@@ -356,7 +386,7 @@ async def replay_saved(path: Path, config: FuzzConfig) -> list[Verdict]:
     out = config.out_dir or Path(tempfile.mkdtemp(prefix="trio-ysync-fuzz-replay-"))
     out.mkdir(parents=True, exist_ok=True)
     replayer = _replayer(config, out)
-    with trio.move_on_after(max(REPLAY_SECONDS, config.seconds)):
+    with trio.move_on_after(config.replay_seconds):
         await replayer.replay(entries[: config.replay_limit])
     return replayer.verdicts
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 from cliserver import ServerProcess, cli_server
+from wsclient import http_get
 
 STORES = ("memory", "sqlite", "files")
 
@@ -103,6 +104,15 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
+
+
+async def answers_health_check(port: int) -> bool:
+    """Whether the server answers its health page (the caller bounds the wait)."""
+    try:
+        status, _ = await http_get(port, "/health")
+    except (OSError, trio.BrokenResourceError, IndexError, ValueError):
+        return False
+    return status == 200
 
 
 def store_argument(store: str, directory: Path, name: str) -> str:

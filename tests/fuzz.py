@@ -6,7 +6,8 @@ keep editing; report crashes, tracebacks, honest failures and cross-room leaks.
 Exits non-zero if anything broke. The seed is printed first: the same seed sends the same
 inputs (as far as concurrency allows). When something breaks, the inputs in flight are saved
 to suspects.json and replayed one by one against fresh servers to name the harmful ones;
-``--replay suspects.json`` replays a saved file again (after a fix, say).
+``--replay suspects.json`` replays a saved file again (after a fix, say), and ``--probe``
+sends inputs of each kind one at a time to say which kinds do harm.
 """
 
 from __future__ import annotations
@@ -40,15 +41,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds",
         default="",
-        help="comma-separated globs of attack kinds to send; '-glob' excludes (see --list-kinds)",
+        help="comma-separated globs of attack kinds to send; '-glob' excludes (write "
+        "--kinds=-glob,... when the first one excludes; see --list-kinds)",
     )
     parser.add_argument("--list-kinds", action="store_true", help="list the attack kinds")
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="seconds an honest edit or join may take"
     )
+    parser.add_argument(
+        "--join-interval", type=float, default=2.0, help="seconds between fresh honest joiners"
+    )
     parser.add_argument("--json", type=Path, help="write the summary as JSON to this file")
     parser.add_argument("--out", type=Path, help="directory for logs and suspects (default: temp)")
     parser.add_argument("--no-replay", action="store_true", help="do not replay suspects")
+    parser.add_argument(
+        "--replay-limit", type=int, default=100, help="replay at most this many suspects"
+    )
+    parser.add_argument(
+        "--replay-seconds",
+        type=float,
+        default=60.0,
+        help="time for replaying suspects, and again for finding a breaking sequence",
+    )
     parser.add_argument("--replay", type=Path, help="replay a saved suspects.json, then exit")
     parser.add_argument(
         "--probe",
@@ -76,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         max_message_size=args.max_message_size,
         kinds=[kind for kind in args.kinds.split(",") if kind],
         timeout=args.timeout,
+        join_interval=args.join_interval,
         out_dir=args.out,
         replay=not args.no_replay,
+        replay_limit=args.replay_limit,
+        replay_seconds=args.replay_seconds,
     )
     if args.replay or args.probe:
         if args.replay:

@@ -113,3 +113,20 @@ def build_corpus(rng: random.Random) -> Corpus:
     messages.append(encode(QueryAwareness()))
     corpus.messages = messages
     return corpus
+
+
+async def add_yjs_vectors(corpus: Corpus) -> int:
+    """Add the frames, updates and state vectors that the real yjs makes (tests/js/vectors.mjs),
+    when Node and the npm packages are installed; how many messages were added."""
+    try:
+        import nodejs
+    except (ImportError, RuntimeError):  # RuntimeError: in CI without Node
+        return 0
+    if not nodejs.node_available():
+        return 0
+    data = await nodejs.run_vectors()
+    messages = [bytes.fromhex(vector["hex"]) for vector in data["vectors"]]
+    corpus.messages += messages
+    corpus.updates += [bytes.fromhex(doc["doc_update"]) for doc in data["docs"]]
+    corpus.state_vectors += [bytes.fromhex(doc["state_vector"]) for doc in data["docs"]]
+    return len(messages)

@@ -57,6 +57,11 @@ class Verdict:
             or self.seconds > SLOW_SECONDS
         )
 
+    @property
+    def breaks_server(self) -> bool:
+        """Whether it killed, blocked or stalled the server (not merely logged a traceback)."""
+        return self.server != "alive" or self.answer == "no answer" or self.seconds > SLOW_SECONDS
+
     def describe(self) -> str:
         if self.server == HUNG:
             effect = f"BLOCKS THE SERVER (no answer in {self.seconds:.1f} s; killed)"
@@ -112,8 +117,8 @@ class Replayer:
                 while len(self.verdicts) < len(entries) and not target.died.is_set():
                     index = len(self.verdicts)
                     verdict = await self.replay_one(target, link, entries[index], f"replay-{index}")
-                    if verdict.harmful and not await self._responsive(target):
-                        verdict = replace(verdict, server=HUNG)
+                    if verdict.harmful and verdict.server == "alive":
+                        verdict = replace(verdict, server=await self._health(target))
                     self.verdicts.append(verdict)
         return self.verdicts
 
@@ -127,7 +132,7 @@ class Replayer:
         if joiner != "synced":
             with trio.move_on_after(2.0):
                 await target.died.wait()
-        target.log.poll()
+        await self._settle(target, room)
         server = "alive"
         if target.died.is_set():
             assert target.process.returncode is not None
@@ -181,17 +186,28 @@ class Replayer:
             return conversation.outcome
         return "no answer"
 
-    async def _responsive(self, target: Target) -> bool:
-        """Whether the server answers a health check in time; one that does not is killed
-        (the next input gets a fresh one)."""
+    async def _settle(self, target: Target, room: str) -> None:
+        """Wait (briefly) until the server has seen every connection of ``room`` leave, so
+        what it logs on the way out is counted against this input, not the next."""
+        with trio.move_on_after(2.0):
+            while target.log.poll() >= 0 and target.log.peers[room] > 0:
+                if target.died.is_set():
+                    break
+                await trio.sleep(0.02)
+
+    async def _health(self, target: Target) -> str:
+        """ "alive" if the server answers a health check in time, else how it died; one that
+        does not answer is killed (the next input gets a fresh server) and HUNG."""
         if not target.died.is_set():
             with trio.move_on_after(self.timeout):
                 if await answers_health_check(target.port):
-                    return True
-            if target.process.returncode is None:
-                target.process.kill()
-                await target.died.wait()
-        return False
+                    return "alive"
+        if target.died.is_set():
+            assert target.process.returncode is not None
+            return describe_exit(target.process.returncode)
+        target.process.kill()
+        await target.died.wait()
+        return HUNG
 
     async def run_sequence(self, entries: list[Sent]) -> tuple[int | None, list[bool]]:
         """Send ``entries`` in order into one room of a fresh server, each on the connection
@@ -252,7 +268,7 @@ class Replayer:
                 await target.died.wait()
         if target.died.is_set() or seconds > SLOW_SECONDS:
             return True
-        return answer == "no answer" and not await self._responsive(target)
+        return answer == "no answer" and await self._health(target) != "alive"
 
     async def reduce(self, history: list[Sent]) -> list[Sent] | None:
         """Replay a room's history; if it breaks a fresh server (kills, hangs or stalls it),

@@ -19,6 +19,7 @@ STORES = ("memory", "sqlite", "files")
 #: A record of the CLI's log format: "2024-01-01 12:00:00,123 WARNING trio_ysync.room: ...".
 _RECORD = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ([A-Z]+) ([\w.]+): ?(.*)$")
 _TRACEBACK = b"Traceback (most recent call last)"
+_PEER = re.compile(r"^room '(.*)': peer (joined|left)")
 _PANIC = re.compile(rb"^thread '.*' .*panicked at")
 _TRACEBACK_LINES = 80
 _TRACEBACKS_KEPT = 3
@@ -35,6 +36,8 @@ class ServerLog:
     tracebacks: int = 0
     panics: int = 0
     first_tracebacks: list[str] = field(default_factory=list)
+    #: Peers connected to each room, as the INFO lines about joins and leaves tell.
+    peers: Counter[str] = field(default_factory=Counter)
     _offset: int = 0
     _partial: bytes = b""
     _block: list[bytes] | None = None
@@ -68,6 +71,9 @@ class ServerLog:
             self._in_traceback = False
             level = record.group(1).decode()
             self.levels[level] += 1
+            peer = _PEER.match(record.group(3).decode(errors="replace"))
+            if peer is not None:
+                self.peers[peer.group(1)] += 1 if peer.group(2) == "joined" else -1
             if level in ("WARNING", "ERROR", "CRITICAL"):
                 self.complaints[
                     f"{level} {record.group(2).decode()}: {_shape(record.group(3))}"

@@ -138,9 +138,15 @@ async def fuzz(config: FuzzConfig) -> Summary:
         summary.replayed = [verdict.describe() for verdict in verdicts]
         summary.harmful_inputs = [verdict.describe() for verdict in verdicts if verdict.harmful]
     sequence: list[Sent] = []
-    broken = [s for s in ledger.suspects if s.reason.startswith("server")]
-    if broken and config.replay and not any(verdict.breaks_server for verdict in verdicts):
-        # No input alone kills, hangs or stalls a fresh server: find a room history that does.
+    breaking = {verdict.entry.seq for verdict in verdicts if verdict.breaks_server}
+    broken = [
+        suspects
+        for suspects in ledger.suspects
+        if suspects.reason.startswith("server")
+        and not any(sent.seq in breaking for sent in suspects.entries)
+    ]
+    if broken and config.replay:
+        # No input in flight alone kills or stalls a fresh server: find a room history that does.
         with trio.move_on_after(config.replay_seconds):
             sequence = await _breaking_sequence(_replayer(config, out), ledger, broken)
         summary.breaking_sequence = [describe_input(sent.attack) for sent in sequence] or [

@@ -44,12 +44,15 @@ async def watch_pulse(target: Target, ledger: Ledger) -> None:
     while True:
         started = trio.current_time()
         answered = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stall_alarm, answered, ledger)
-            # A server that died or refuses is reported on its own: this only times answers.
-            await answers_health_check(target.port)
-            answered.set()
-        ledger.longest_stall = max(ledger.longest_stall, trio.current_time() - started)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stall_alarm, answered, ledger)
+                # A server that died or refuses is reported on its own: this only times answers.
+                await answers_health_check(target.port)
+                answered.set()
+        finally:
+            # Also when cancelled: a stall that lasts until the end counts in full.
+            ledger.longest_stall = max(ledger.longest_stall, trio.current_time() - started)
         await trio.sleep(PULSE_INTERVAL)
 
 

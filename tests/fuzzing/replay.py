@@ -97,6 +97,8 @@ class Replayer:
         self.verdicts: list[Verdict] = []
         self._servers = 0
         self._pings = 0
+        #: The shortest breaking sequence :meth:`reduce` has found so far.
+        self.best: list[Sent] = []
 
     def _server(self) -> AbstractAsyncContextManager[Target]:
         """A fresh server (with a fresh store) of its own name, for its own log file."""
@@ -272,21 +274,38 @@ class Replayer:
 
     async def reduce(self, history: list[Sent]) -> list[Sent] | None:
         """Replay a room's history; if it breaks a fresh server (kills, hangs or stalls it),
-        shrink it to a sequence that still does (greedily, one entry at a time) and return
-        that, else ``None``."""
+        shrink it to a sequence that still does and return that, else ``None``.
+
+        The shortest sequence found so far is kept in :attr:`best`, for a caller that runs out
+        of time.
+        """
         broke_at, kept = await self.run_sequence(history)
         if broke_at is None:
             return None
-        # The inputs the server accepted before it broke, and the one it broke on.
-        sequence = [entry for entry, ok in zip(history[:broke_at], kept, strict=False) if ok]
-        sequence += history[broke_at : broke_at + 1]
+        sequence = history[: broke_at + 1]
+        self.best = sequence
+        # Most inputs were refused: try the ones the server accepted, and the one it broke on.
+        accepted = [entry for entry, ok in zip(history[:broke_at], kept, strict=False) if ok]
+        accepted += history[broke_at : broke_at + 1]
+        if await self._still_breaks(accepted):
+            sequence = accepted
+        # Then drop chunks, halving their size whenever no chunk can go (delta debugging).
+        chunk = max(1, len(sequence) // 2)
+        while True:
+            start = 0
+            while start < len(sequence):
+                shorter = sequence[:start] + sequence[start + chunk :]
+                if shorter and await self._still_breaks(shorter):
+                    sequence = shorter
+                else:
+                    start += chunk
+            if chunk == 1:
+                return sequence
+            chunk = max(1, chunk // 2)
+
+    async def _still_breaks(self, sequence: list[Sent]) -> bool:
         if (await self.run_sequence(sequence))[0] is None:
-            sequence = history[: broke_at + 1]
-        index = 0
-        while index < len(sequence):
-            shorter = sequence[:index] + sequence[index + 1 :]
-            if shorter and (await self.run_sequence(shorter))[0] is not None:
-                sequence = shorter
-            else:
-                index += 1
-        return sequence
+            return False
+        if len(sequence) < len(self.best):
+            self.best = sequence
+        return True

@@ -147,8 +147,10 @@ async def fuzz(config: FuzzConfig) -> Summary:
     ]
     if broken and config.replay:
         # No input in flight alone kills or stalls a fresh server: find a room history that does.
+        replayer = _replayer(config, out)
         with trio.move_on_after(config.replay_seconds):
-            sequence = await _breaking_sequence(_replayer(config, out), ledger, broken)
+            await _breaking_sequence(replayer, ledger, broken)
+        sequence = replayer.best
         summary.breaking_sequence = [describe_input(sent.attack) for sent in sequence] or [
             "not reproduced (it needs more than one room's history, or timing)"
         ]
@@ -166,17 +168,13 @@ async def fuzz(config: FuzzConfig) -> Summary:
     return summary
 
 
-async def _breaking_sequence(
-    replayer: Replayer, ledger: Ledger, broken: list[SuspectSet]
-) -> list[Sent]:
-    """The shortest history of one room (of those the suspects of a crash or stall visited,
-    most recent first) found to kill, hang or stall a fresh server, or ``[]``."""
+async def _breaking_sequence(replayer: Replayer, ledger: Ledger, broken: list[SuspectSet]) -> None:
+    """Find the shortest history of one room (of those the suspects of a crash or stall
+    visited, most recent first) that kills, hangs or stalls a fresh server: ``replayer.best``."""
     rooms = list(dict.fromkeys(sent.room for s in broken for sent in s.entries))
     for room in rooms:
-        sequence = await replayer.reduce(ledger.history.get(room, []))
-        if sequence:
-            return sequence
-    return []
+        if await replayer.reduce(ledger.history.get(room, [])):
+            return
 
 
 async def replay_saved(path: Path, config: FuzzConfig) -> list[Verdict]:

@@ -1,4 +1,4 @@
-"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``)."""
+"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``, ``fuzz``)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,17 @@ def bench(session: nox.Session) -> None:
     with session.chdir(BENCH_DIR / "js"):
         session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
     session.run("python", str(BENCH_DIR / "bench.py"), *(session.posargs or ["all"]))
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Attack a live ``trio-ysync serve`` with hostile clients while honest ones keep editing.
+
+    Fails on a server crash, a traceback in its log, an honest client left behind or a
+    cross-room leak. Arguments go to the fuzzer: ``nox -s fuzz -- --seconds 60 --messages 50000
+    --store sqlite --seed 7``; see ``python tests/fuzz.py --help``. Without them: a short run.
+    """
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "tests/fuzz.py", *(session.posargs or ["--seconds", "20", "--messages", "10000"])
+    )

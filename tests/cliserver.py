@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import trio
 
@@ -43,18 +44,18 @@ async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
 
 @asynccontextmanager
 async def cli_server(
-    *args: str, port: int = 0, capture_stderr: bool = False
+    *args: str, port: int = 0, capture_stderr: bool = False, stderr: IO[bytes] | None = None
 ) -> AsyncIterator[ServerProcess]:
     """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1; waits until it listens.
 
-    With ``capture_stderr``, the server's log is collected in :attr:`ServerProcess.stderr`
-    instead of going to the test's standard error.
+    The server's standard error goes to ``stderr`` (a file) when given; with
+    ``capture_stderr`` it is collected in :attr:`ServerProcess.stderr`; else it goes to ours.
     """
     command = [sys.executable, "-m", "trio_ysync", "serve", "--host", "127.0.0.1"]
     process = await trio.lowlevel.open_process(
         [*command, "--port", str(port), *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if capture_stderr else None,
+        stderr=subprocess.PIPE if capture_stderr and stderr is None else stderr,
     )
     try:
         async with trio.open_nursery() as nursery:

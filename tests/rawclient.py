@@ -29,30 +29,42 @@ class RawClient:
 
     async def handshake(self, room: str) -> None:
         await self.stream.send_all(self.ws.send(Request(host="test", target=f"/{room}")))
-        event = await self._next_event()
+        event = await self.next_event()
         assert isinstance(event, AcceptConnection), event
 
     async def send(self, *messages: Message) -> None:
         for message in messages:
             await self.send_bytes(encode(message))
 
-    async def send_bytes(self, data: bytes, *, raw: bool = False) -> None:
-        """Send ``data`` as one binary message, or as raw bytes on the wire (frames made by
-        hand) when ``raw``."""
-        await self.stream.send_all(data if raw else self.ws.send(BytesMessage(data)))
+    async def send_bytes(self, data: bytes) -> None:
+        """Send ``data`` as one binary message (encoded or not)."""
+        await self.stream.send_all(self.ws.send(BytesMessage(data)))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write ``data`` to the stream as it is: frames built by hand, valid or not."""
+        await self.stream.send_all(data)
 
     async def receive(self) -> Message | None:
         """The next message, or ``None`` once the server closed the connection."""
+        payload = await self.receive_bytes()
+        if payload is None:
+            return None
+        [message] = decode(payload)
+        return message
+
+    async def receive_bytes(self) -> bytes | None:
+        """The next binary message undecoded, or ``None`` once the server closed the
+        connection."""
         while True:
-            event = await self._next_event()
+            event = await self.next_event()
             if isinstance(event, BytesMessage):
-                [message] = decode(bytes(event.data))
-                return message
+                return bytes(event.data)
             if isinstance(event, CloseConnection):
                 self.close_code = event.code
                 return None
 
-    async def _next_event(self) -> Event:
+    async def next_event(self) -> Event:
+        """The next WebSocket event (pings are answered, unless told not to, and counted)."""
         while not self._events:
             data = await self.stream.receive_some(65536)
             if not data:

@@ -93,7 +93,7 @@ async def attack(port: int, room: str, plan: Attack) -> int | None:
         await client.handshake(room)
         try:
             for data in plan.sends:
-                await client.send_bytes(data, raw=plan.raw)
+                await (client.send_raw(data) if plan.raw else client.send_bytes(data))
         except trio.BrokenResourceError:
             pass  # closed while we were still sending: the close frame is read below
         while await client.receive() is not None:

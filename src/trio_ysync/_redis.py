@@ -1,36 +1,40 @@
 """What the Redis store and the Redis room bus share: clients, key names and errors.
 
-coredis is an optional dependency (``pip install 'trio-ysync[redis]'``). Only the Redis modules
-import this one, and they are imported only when a Redis store or bus is opened, so the rest of
-the package works without coredis.
+coredis is an optional dependency (``pip install 'trio-ysync[redis]'``): this module imports it
+only when a client is made, so the rest of the package works without it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+from typing import TYPE_CHECKING
 
 import trio
 
-try:
+if TYPE_CHECKING:
     import coredis
-    import coredis.exceptions
-    import coredis.retry
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("Redis support needs coredis: pip install 'trio-ysync[redis]'") from exc
 
-__all__ = ["DEFAULT_PREFIX", "REDIS_ERRORS", "check_prefix", "new_client", "room_tag"]
+__all__ = ["DEFAULT_PREFIX", "check_prefix", "new_client", "redis_errors", "room_tag"]
 
 #: The key prefix of everything trio-ysync keeps in Redis, unless told otherwise.
 DEFAULT_PREFIX = "trio-ysync:"
 
-#: The exceptions that mean "Redis did not do it": unreachable, timed out, loading its data
-#: after a restart, or refusing the command.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    coredis.exceptions.RedisError,
-    OSError,
-    TimeoutError,
-    trio.TooSlowError,
-)
+
+def _import_coredis() -> None:
+    try:
+        importlib.import_module("coredis")
+    except ImportError as exc:
+        raise ImportError("Redis support needs coredis: pip install 'trio-ysync[redis]'") from exc
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "Redis did not do it": unreachable, timed out, loading its
+    data after a restart, or refusing the command."""
+    _import_coredis()
+    import coredis.exceptions
+
+    return (coredis.exceptions.RedisError, OSError, TimeoutError, trio.TooSlowError)
 
 
 def check_prefix(prefix: str) -> str:
@@ -62,6 +66,10 @@ def new_client(url: str, *, name: str) -> coredis.Redis[bytes]:
     Responses stay bytes, and coredis does not retry on its own: callers decide what is safe to
     repeat.
     """
+    _import_coredis()
+    import coredis
+    import coredis.retry
+
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         url,
         decode_responses=False,

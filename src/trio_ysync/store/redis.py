@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 import trio
 from coredis.tokens import PureToken
 
-from .._redis import DEFAULT_PREFIX, REDIS_ERRORS, check_prefix, new_client, room_tag
+from .._redis import DEFAULT_PREFIX, check_prefix, new_client, redis_errors, room_tag
 from .base import Store, StoredRoom, StoreError, check_room, check_updates
 
 __all__ = ["RedisStore"]
+
+REDIS_ERRORS = redis_errors()
 
 _T = TypeVar("_T")
 

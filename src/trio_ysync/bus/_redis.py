@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import coredis
 import trio
 from coredis.response.types import StreamEntry
+from coredis.retry import ExponentialBackoffRetryPolicy
 from coredis.tokens import PureToken
 
 from .._redis import check_prefix, new_client, redis_errors, room_tag
@@ -371,11 +372,10 @@ class RedisBus(RoomBus):
         name = channel.keys.awareness.encode()
         self._by_awareness_channel[name] = channel
         try:
-            with trio.fail_after(self.tuning.command_timeout):
-                await self._pubsub.subscribe(name)
-        except REDIS_ERRORS as exc:
+            await self._retrying("subscribe", partial(self._pubsub.subscribe, name))
+        except BusUnavailableError:
             self._forget(channel)
-            raise BusUnavailableError(f"room {room!r}: cannot subscribe: {exc!r}") from exc
+            raise
         return channel
 
     def _forget(self, channel: _RedisChannel) -> None:
@@ -739,7 +739,11 @@ async def open_redis_bus(
         await bus._join()  # fails fast if Redis is down (the subscriber would retry forever)
         # coredis's subscriber does not stop while it waits to reconnect: cancel it from here.
         with trio.CancelScope() as subscriber_scope:
-            async with command.pubsub(ignore_subscribe_messages=True) as pubsub:
+            # It reconnects as quickly as the reader, and forever (coredis gives up on timeouts).
+            retry = ExponentialBackoffRetryPolicy(
+                (*REDIS_ERRORS,), retries=None, base_delay=0.05, max_delay=tuning.max_backoff
+            )
+            async with command.pubsub(ignore_subscribe_messages=True, retry_policy=retry) as pubsub:
                 bus._pubsub = pubsub
                 async with trio.open_nursery() as nursery:
                     await nursery.start(bus._read_forever)

@@ -258,7 +258,7 @@ class _RedisChannel(RoomChannel):
             await trio.lowlevel.checkpoint()
             return
         bus = self._bus
-        fields = {b"o": bus._server_id_bytes, b"u": encode_updates(batch)}
+        fields: dict[str | bytes, bytes] = {b"o": bus._server_id_bytes, b"u": encode_updates(batch)}
         await bus._retrying("publish", lambda: bus._command.xadd(self.keys.stream, fields))
 
     def publish_awareness(self, payload: bytes) -> None:
@@ -483,7 +483,7 @@ class RedisBus(RoomBus):
             self._wake_wanted = trio.Event()
             try:
                 with trio.fail_after(self.tuning.command_timeout):
-                    await self._wake(keys=[self._wake_key], args=[_WAKE_KEY_LIFETIME_MS])
+                    await self._wake(keys=(self._wake_key,), args=(_WAKE_KEY_LIFETIME_MS,))
             except REDIS_ERRORS as exc:
                 # The reader cannot read either; it rereads the rooms when it reconnects.
                 logger.debug("wake failed: %r", exc)
@@ -507,7 +507,7 @@ class RedisBus(RoomBus):
                     for channel in self._channels.values()
                     if channel.state is ChannelState.LIVE
                 }
-                streams = {self._wake_key: format_id(wake_position)}
+                streams: dict[Any, str] = {self._wake_key: format_id(wake_position)}
                 for channel, _ in reads.values():
                     streams[channel.keys.stream] = format_id(channel.position)
                 block_ms = max(1, int(tuning.read_block * 1000))
@@ -638,16 +638,16 @@ class RedisBus(RoomBus):
                 await self.store.append(room, updates)
                 await self._compact_store(room)
             last = parse_id(entries[-1].identifier)
-            args = [token, format_id(last), self.server_id, format_id((last[0], last[1] + 1))]
+            args = (token, format_id(last), self.server_id, format_id((last[0], last[1] + 1)))
             committed = bool(
-                await self._commit_fold(keys=[keys.lock, keys.folded, keys.stream], args=args)
+                await self._commit_fold(keys=(keys.lock, keys.folded, keys.stream), args=args)
             )
         finally:
             if not committed:
                 with trio.move_on_after(self.tuning.command_timeout) as scope:
                     scope.shield = True
                     try:
-                        await self._release_lock(keys=[keys.lock], args=[token])
+                        await self._release_lock(keys=(keys.lock,), args=(token,))
                     except REDIS_ERRORS:
                         pass  # it expires
         if not committed:

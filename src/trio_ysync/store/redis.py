@@ -111,10 +111,10 @@ class RedisStore(Store):
         """
         return self._identity
 
-    def _keys(self, room: str) -> tuple[str, list[str]]:
+    def _keys(self, room: str) -> tuple[str, tuple[str, str, str]]:
         tag = room_tag(room)
         base = f"{self.prefix}store:{{{tag}}}:"
-        return tag, [base + "log", base + "meta", self.prefix + "store:rooms"]
+        return tag, (base + "log", base + "meta", self.prefix + "store:rooms")
 
     async def _run(self, operation: str, request: Awaitable[_T]) -> _T:
         if self._context is None:
@@ -167,7 +167,7 @@ class RedisStore(Store):
         if not batch:
             return (await self.load(room)).last_seq
         tag, keys = self._keys(room)
-        args: list[str | bytes] = [tag, room.encode("utf-8"), *batch]
+        args: tuple[str | bytes, ...] = (tag, room.encode("utf-8"), *batch)
         last_seq: Any = await self._run("append", self._append(keys=keys, args=args))
         return int(last_seq)
 
@@ -177,7 +177,7 @@ class RedisStore(Store):
         if through_seq < 0:
             raise ValueError(f"through_seq {through_seq} is outside the log")
         _, keys = self._keys(room)
-        request: Awaitable[Any] = self._compact(keys=keys, args=[update, through_seq])
+        request: Awaitable[Any] = self._compact(keys=keys, args=(update, through_seq))
         result: Any = await self._run("compact", request)
         if int(result) < 0:
             raise ValueError(f"through_seq {through_seq} is beyond the room's last entry")
@@ -185,7 +185,7 @@ class RedisStore(Store):
     async def delete(self, room: str) -> None:
         check_room(room)
         tag, keys = self._keys(room)
-        await self._run("delete", self._delete(keys=keys, args=[tag]))
+        await self._run("delete", self._delete(keys=keys, args=(tag,)))
 
     async def list_rooms(self) -> list[str]:
         names = await self._run("list_rooms", self._client.hvals(self.prefix + "store:rooms"))

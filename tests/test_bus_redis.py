@@ -3,6 +3,7 @@ the servers of a cluster, sharing one SQLite store file."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -309,6 +310,38 @@ async def test_load_returns_the_store_then_the_stream(redis: RedisServer, tmp_pa
         assert (await a.fold("r")).outcome is FoldOutcome.FOLDED
         assert (await a.fold("r")).outcome is FoldOutcome.NOTHING
         assert (await b.store.load("r")).updates == [*numbered("u", 5), b"after fold"]
+
+
+async def test_a_fold_takes_a_bounded_batch(redis: RedisServer, tmp_path: Path) -> None:
+    tuning = dataclasses.replace(TUNING, fold_batch=3)
+    async with cluster(redis.url, sqlite_stores(tmp_path, 1), tuning) as (a,):
+        writer = await joined(a, "r", Recorder())
+        for update in numbered("u", 7):
+            await writer.publish([update])
+        assert [(await a.fold("r")).entries for _ in range(4)] == [3, 3, 1, 0]
+        assert (await a.store.load("r")).updates == numbered("u", 7)
+        for update in numbered("v", 5):
+            await writer.publish([update])
+        await writer.detach()  # folds everything, batch after batch
+        assert (await a.store.load("r")).updates == [*numbered("u", 7), *numbered("v", 5)]
+
+
+async def test_any_room_name_makes_safe_keys(redis: RedisServer, tmp_path: Path) -> None:
+    names = ["", "\x00", "a:b{c}", "../x", "é" * 5000, "🎉 party", "room?id=1&x=%2F"]
+    async with cluster(redis.url, sqlite_stores(tmp_path, 2)) as (a, b):
+        recorders = {name: Recorder() for name in names}
+        writers = {}
+        for name in names:
+            await joined(b, name, recorders[name])
+            writers[name] = await joined(a, name, Recorder())
+        for i, name in enumerate(names):
+            await writers[name].publish([f"update {i}".encode()])
+        for i, name in enumerate(names):
+            recorder = recorders[name]
+            await recorder.wait_until(lambda r=recorder, i=i: r.updates == [f"update {i}".encode()])
+        async with client(redis) as redis_client:
+            keys = await redis_client.keys("*")
+        assert max(map(len, keys)) < 100
 
 
 async def test_a_lagging_server_learns_it_lost_entries_and_reloads(

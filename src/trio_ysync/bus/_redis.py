@@ -57,6 +57,8 @@ __all__ = ["RedisBus", "open_redis_bus"]
 REDIS_ERRORS = redis_errors()
 #: What a fold may raise.
 FOLD_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, StoreError)
+#: What the reader survives (the cluster check after a reconnection may give up).
+READER_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, BusUnavailableError)
 
 logger = logging.getLogger("trio_ysync.bus")
 
@@ -398,7 +400,7 @@ class RedisBus(RoomBus):
         with trio.move_on_after(self.tuning.lock_lease) as scope:
             scope.shield = True
             try:
-                while (await self.fold(channel.room)).entries == self.tuning.fold_batch:
+                while (await self.fold(channel.room)).outcome is FoldOutcome.FOLDED:
                     pass
             except FOLD_ERRORS as exc:
                 logger.warning("room %r: fold on detach failed: %r", channel.room, exc)
@@ -515,7 +517,7 @@ class RedisBus(RoomBus):
                     reply = await self._reader.xread(
                         streams, count=tuning.read_count, block=block_ms
                     )
-            except REDIS_ERRORS as exc:
+            except READER_ERRORS as exc:
                 failures += 1
                 delay = min(tuning.retry_delay * 2 ** min(failures - 1, 16), tuning.max_backoff)
                 log = logger.warning if failures == 1 else logger.debug
@@ -590,11 +592,13 @@ class RedisBus(RoomBus):
             now = trio.current_time()
             for channel in list(self._channels.values()):
                 if channel.state is not ChannelState.DETACHED and channel._fold_due(now):
-                    try:
-                        result = await self.fold(channel.room)
-                    except FOLD_ERRORS as exc:
-                        logger.warning("room %r: fold failed: %r", channel.room, exc)
-                        result = FoldResult(FoldOutcome.FAILED)
+                    result = FoldResult(FoldOutcome.FAILED)
+                    # Bounded: a Redis that hangs must not hold the other rooms' folds.
+                    with trio.move_on_after(self.tuning.lock_lease):
+                        try:
+                            result = await self.fold(channel.room)
+                        except FOLD_ERRORS as exc:
+                            logger.warning("room %r: fold failed: %r", channel.room, exc)
                     if result.outcome is FoldOutcome.FOLDED and result.through is not None:
                         # Before the reader reaches the fold mark: not the same entries again.
                         channel._folded_through(parse_id(result.through))

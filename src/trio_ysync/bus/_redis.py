@@ -189,8 +189,8 @@ class _RedisChannel(RoomChannel):
     # -- loading ---------------------------------------------------------------------------
 
     async def load(self) -> Catchup:
-        if self.state is ChannelState.DETACHED:
-            raise RuntimeError(f"room {self.room!r} is detached")
+        if self.state in (ChannelState.DETACHED, ChannelState.LOADING):
+            raise RuntimeError(f"room {self.room!r} is {self.state.value}")
         self.state = ChannelState.LOADING
         self.generation += 1
         bus = self._bus
@@ -211,8 +211,11 @@ class _RedisChannel(RoomChannel):
                     f"({bus.tuning.load_attempts} attempts)"
                 )
         except BaseException:
-            self.state = ChannelState.LOST
+            if self.state is ChannelState.LOADING:
+                self.state = ChannelState.LOST
             raise
+        if self.state is not ChannelState.LOADING:
+            raise RuntimeError(f"room {self.room!r} was detached while it loaded")
         updates, self.position, unfolded = caught_up
         self._unfolded.clear()
         self.state = ChannelState.LIVE
@@ -351,7 +354,6 @@ class RedisBus(RoomBus):
         self._wake_wanted = trio.Event()
         self._fold_wanted = trio.Event()
         self._epoch: bytes | None = None
-        self._identity = ""
         self._pubsub: Any = None
         self._awareness_send, self._awareness_receive = trio.open_memory_channel[
             tuple[bytes, bytes]
@@ -436,7 +438,6 @@ class RedisBus(RoomBus):
                 f"{self.store!r} cannot be shared between servers; a cluster needs one store "
                 "for all: a SQLite file (servers on one host) or a Redis store"
             )
-        self._identity = identity
         recorded = await self._record(self.prefix + "cluster:store", identity.encode())
         if recorded != identity.encode():
             key = self.prefix + "cluster:store"

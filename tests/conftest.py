@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
+from redisserver import shared_redis_server
 
 from trio_ysync.doc import Backend, Document, new_document
 
@@ -27,3 +29,10 @@ def make_doc(backend: Backend):  # type: ignore[no-untyped-def]
         return new_document(backend, client_id=client_id)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a redis-server shared by the session (tests keep apart by key prefix)."""
+    with shared_redis_server() as url:
+        yield url

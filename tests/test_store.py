@@ -1,7 +1,8 @@
-"""The store contract, checked on every store: memory, SQLite and files."""
+"""The store contract, checked on every store: memory, SQLite, files and Redis."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from trio_ysync.protocol import ProtocolError
 from trio_ysync.store import (
     FileStore,
     MemoryStore,
+    RedisStore,
     SQLiteStore,
     Store,
     StoredRoom,
@@ -38,6 +40,7 @@ from trio_ysync.store.admin import (
 )
 
 StoreFactory = Callable[[], Store]
+StoreMaker = Callable[[Path], Store]
 
 # Room names that break naive file or key mappings.
 HOSTILE_NAMES = [
@@ -66,33 +69,50 @@ HOSTILE_NAMES = [
 ]
 
 
-def make_store(kind: str, location: Path) -> Store:
+def key_prefix(location: Path) -> str:
+    """A Redis key prefix of its own for each location (tests share one Redis server)."""
+    return "test-" + hashlib.sha256(str(location).encode()).hexdigest()[:16] + ":"
+
+
+def store_maker(kind: str, request: pytest.FixtureRequest) -> StoreMaker:
+    """Makes a store of ``kind`` for a location; the same location reopens the same data."""
     if kind == "memory":
-        return MemoryStore()
+        return lambda location: MemoryStore()
     if kind == "sqlite":
-        return SQLiteStore(location / "rooms.db")
-    return FileStore(location / "rooms")
+        return lambda location: SQLiteStore(location / "rooms.db")
+    if kind == "file":
+        return lambda location: FileStore(location / "rooms")
+    url = request.getfixturevalue("redis_url")
+    return lambda location: RedisStore(url, prefix=key_prefix(location))
 
 
-@pytest.fixture(params=["memory", "sqlite", "file"])
+@pytest.fixture(params=["memory", "sqlite", "file", "redis"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sqlite", "file"])
+@pytest.fixture(params=["sqlite", "file", "redis"])
 def durable_kind(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def store_factory(kind: str, tmp_path: Path) -> StoreFactory:
-    """Opens a store of the current kind; durable kinds reopen the same files."""
-    return lambda: make_store(kind, tmp_path)
+def make_store(kind: str, request: pytest.FixtureRequest) -> StoreMaker:
+    return store_maker(kind, request)
 
 
 @pytest.fixture
-def durable_factory(durable_kind: str, tmp_path: Path) -> StoreFactory:
-    return lambda: make_store(durable_kind, tmp_path)
+def store_factory(make_store: StoreMaker, tmp_path: Path) -> StoreFactory:
+    """Opens a store of the current kind; durable kinds reopen the same data."""
+    return lambda: make_store(tmp_path)
+
+
+@pytest.fixture
+def durable_factory(
+    durable_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> StoreFactory:
+    make = store_maker(durable_kind, request)
+    return lambda: make(tmp_path)
 
 
 class Recorder:
@@ -218,6 +238,11 @@ async def test_closed_store_raises(store_factory: StoreFactory) -> None:
 
 async def test_store_opens_on_first_use_without_async_with(store_factory: StoreFactory) -> None:
     store = store_factory()
+    if isinstance(store, RedisStore):
+        # coredis runs its connections in a task group: the opening task must own it.
+        with pytest.raises(StoreError, match="async with"):
+            await store.append("r", [b"x"])
+        return
     try:
         assert await store.append("r", [b"x"]) == 1
     finally:
@@ -413,9 +438,9 @@ room_names = st.text(max_size=60) | st.text(alphabet="./\\:aA", max_size=8)
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(names=st.lists(room_names, unique=True, max_size=8))
-async def test_any_room_names_round_trip(kind: str, names: list[str]) -> None:
+async def test_any_room_names_round_trip(make_store: StoreMaker, names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        async with make_store(kind, Path(directory)) as store:
+        async with make_store(Path(directory)) as store:
             for i, name in enumerate(names):
                 await store.append(name, [i.to_bytes(2, "big")])
             assert await store.list_rooms() == sorted(names)
@@ -436,6 +461,11 @@ def test_open_store_picks_the_store(tmp_path: Path) -> None:
     assert isinstance(open_store(tmp_path), FileStore)  # an existing directory
     with pytest.raises(ValueError, match="cannot tell"):
         open_store(str(tmp_path / "rooms"))
+    redis = open_store("redis://127.0.0.1:6379/2", redis_prefix="app:")
+    assert isinstance(redis, RedisStore)
+    assert (redis.url, redis.prefix) == ("redis://127.0.0.1:6379/2", "app:")
+    with pytest.raises(ValueError, match="Redis"):
+        open_store("memory", redis_prefix="app:")
 
 
 # -- merging and operators' functions -----------------------------------------------------------
@@ -541,34 +571,41 @@ _KILLED_WRITER = textwrap.dedent(
     from trio_ysync.doc import new_document
     from trio_ysync.store import open_store
 
-    async def main(spec):
-        store = open_store(spec)
-        doc = new_document("pycrdt", 5)
-        updates = []
-        doc.observe(lambda update, origin: updates.append(update))
-        text = doc.native.get("t", type=__import__("pycrdt").Text)
-        for char in "acknowledged":
-            text.insert(len(text), char)
-            seq = await store.append("room", updates)
-            updates.clear()
-            print(seq, flush=True)
-        # Killed with the store open: no close, no WAL checkpoint, no flush.
-        os.kill(os.getpid(), signal.SIGKILL)
+    async def main(spec, *prefix):
+        store = open_store(spec, **({"redis_prefix": prefix[0]} if prefix else {}))
+        async with store:
+            doc = new_document("pycrdt", 5)
+            updates = []
+            doc.observe(lambda update, origin: updates.append(update))
+            text = doc.native.get("t", type=__import__("pycrdt").Text)
+            for char in "acknowledged":
+                text.insert(len(text), char)
+                seq = await store.append("room", updates)
+                updates.clear()
+                print(seq, flush=True)
+            # Killed with the store open: no close, no WAL checkpoint, no flush.
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    trio.run(main, sys.argv[1])
+    trio.run(main, *sys.argv[1:])
     """
 )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 async def test_acknowledged_appends_survive_a_killed_process(
-    durable_kind: str, tmp_path: Path
+    durable_kind: str, durable_factory: StoreFactory, tmp_path: Path
 ) -> None:
     pytest.importorskip("pycrdt")
-    spec = str(tmp_path / "rooms.db") if durable_kind == "sqlite" else str(tmp_path / "rooms") + "/"
+    store = durable_factory()
+    if isinstance(store, RedisStore):
+        args = [store.url, store.prefix]
+    elif isinstance(store, SQLiteStore):
+        args = [store.path]
+    else:
+        args = [str(tmp_path / "rooms") + "/"]
     with trio.fail_after(60):
         result = await trio.run_process(
-            [sys.executable, "-c", _KILLED_WRITER, spec],
+            [sys.executable, "-c", _KILLED_WRITER, *args],
             capture_stdout=True,
             stderr=subprocess.DEVNULL,
             check=False,
@@ -576,7 +613,7 @@ async def test_acknowledged_appends_survive_a_killed_process(
     assert result.returncode == -signal.SIGKILL
     acknowledged = [int(line) for line in result.stdout.split()]
     assert acknowledged == list(range(1, 13))
-    async with open_store(spec) as store:
+    async with store:
         stored = await store.load("room")
     assert stored.last_seq == 12
     assert text_of(stored.updates) == "acknowledged"

@@ -7,6 +7,7 @@ context manager, and see :class:`Store` for the contract every store follows.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from .base import Store, StoredRoom, StoreError
 from .files import FileStore, room_filename
@@ -15,9 +16,13 @@ from .memory import MemoryStore
 from .merge import merge_updates
 from .sqlite import SQLiteStore
 
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
 __all__ = [
     "FileStore",
     "MemoryStore",
+    "RedisStore",
     "SQLiteStore",
     "Store",
     "StoreError",
@@ -29,13 +34,29 @@ __all__ = [
     "room_filename",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    # RedisStore imports coredis, an optional dependency: only when it is asked for.
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
+def open_store(
+    spec: str | os.PathLike[str], *, fsync: bool = False, redis_prefix: str | None = None
+) -> Store:
     """The store that ``spec`` names; it opens its files on ``async with`` or first use.
 
     * ``"memory"``: a :class:`MemoryStore`.
+    * a ``redis://``, ``rediss://`` or ``unix://`` URL: a
+      :class:`~trio_ysync.store.redis.RedisStore` (needs coredis:
+      ``pip install 'trio-ysync[redis]'``; open it with ``async with``).
     * a path ending in ``.db``, ``.sqlite`` or ``.sqlite3``: a :class:`SQLiteStore`.
     * an existing directory, or a path ending in ``/``: a :class:`FileStore` (write
       ``./memory/`` for a directory named ``memory``).
@@ -43,12 +64,21 @@ def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
     Args:
         spec: What to open.
         fsync: Make every commit durable against power loss, not only against the process being
-            killed (ignored for memory).
+            killed (ignored for memory; for Redis, its own ``appendfsync`` setting decides).
+        redis_prefix: The start of the Redis key names (Redis only; default ``trio-ysync:``).
 
     Raises:
         ValueError: ``spec`` names none of these.
     """
     text = os.fspath(spec)
+    if text.startswith(_REDIS_SCHEMES):
+        from .redis import RedisStore
+
+        if redis_prefix is None:
+            return RedisStore(text)
+        return RedisStore(text, prefix=redis_prefix)
+    if redis_prefix is not None:
+        raise ValueError("redis_prefix is for Redis stores only")
     if text == "memory":
         return MemoryStore()
     if text.lower().endswith(_SQLITE_SUFFIXES):
@@ -57,5 +87,6 @@ def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
         return FileStore(text, fsync=fsync)
     raise ValueError(
         f"cannot tell which store {text!r} means: use 'memory', a path ending in "
-        f"{', '.join(_SQLITE_SUFFIXES)} (SQLite) or a directory ending in '/' (files)"
+        f"{', '.join(_SQLITE_SUFFIXES)} (SQLite), a directory ending in '/' (files) or a "
+        "redis:// URL"
     )

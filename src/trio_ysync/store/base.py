@@ -111,6 +111,16 @@ class Store(abc.ABC):
     #: durable stores (for the others it would add latency and protect nothing).
     durable: ClassVar[bool] = True
 
+    def shared_identity(self) -> str | None:
+        """What names this store's data for servers that share it, or ``None`` if it cannot be
+        shared between processes.
+
+        Servers of one cluster (see :mod:`trio_ysync.bus`) must use one store: each records
+        this string in Redis and refuses to start if it differs from the one recorded. The
+        default, ``None``, is for stores that one process holds alone (memory, files).
+        """
+        return None
+
     @abc.abstractmethod
     async def load(self, room: str) -> StoredRoom:
         """Everything stored for ``room`` (an empty :class:`StoredRoom` for an unknown room).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -120,6 +121,11 @@ class SQLiteStore(ThreadedStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+    def shared_identity(self) -> str:
+        """``sqlite:``, the host name and the file's absolute path (symbolic links resolved):
+        processes on one host share the file, SQLite's locks keep their commits apart."""
+        return f"sqlite:{socket.gethostname()}:{os.path.realpath(self.path)}"
 
     # -- opening and closing ------------------------------------------------------------------
 

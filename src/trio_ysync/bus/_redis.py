@@ -666,7 +666,7 @@ class RedisBus(RoomBus):
             return
         try:
             merged = await trio.to_thread.run_sync(merge_updates, stored.updates)
-        except DocumentError as exc:
+        except (ProtocolError, DocumentError) as exc:
             logger.warning("room %r: cannot compact the store: %s", room, exc)
             return
         await self.store.compact(room, merged, stored.last_seq)

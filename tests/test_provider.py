@@ -457,7 +457,6 @@ async def test_remote_updates_are_applied_with_the_provider_as_origin(
 async def test_burst_of_edits_is_merged(
     autojump_clock: trio.testing.MockClock, room_server: FakeServer, backend: str
 ) -> None:
-    pytest.importorskip("pycrdt")
     room = room_server.room
     assert room is not None
     doc = new_document(backend)  # type: ignore[arg-type]

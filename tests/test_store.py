@@ -453,7 +453,6 @@ def test_merge_updates_is_content_identical(backend: Backend) -> None:
 
 def test_merge_updates_keeps_updates_waiting_for_dependencies(backend: Backend) -> None:
     """An update whose predecessor is missing survives merging (a document would drop it)."""
-    pytest.importorskip("pycrdt")
     first, second = edits(backend, ["abc", "def"])[0]
     merged = merge_updates([second], backend)
     assert text_of([merged], backend) == ""
@@ -563,7 +562,6 @@ _KILLED_WRITER = textwrap.dedent(
 async def test_acknowledged_appends_survive_a_killed_process(
     durable_kind: str, tmp_path: Path
 ) -> None:
-    pytest.importorskip("pycrdt")
     spec = str(tmp_path / "rooms.db") if durable_kind == "sqlite" else str(tmp_path / "rooms") + "/"
     with trio.fail_after(60):
         result = await trio.run_process(

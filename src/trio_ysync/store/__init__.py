@@ -32,7 +32,7 @@ __all__ = [
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
-def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
+def open_store(spec: str | os.PathLike[str], *, fsync: bool = False, create: bool = True) -> Store:
     """The store that ``spec`` names; it opens its files on ``async with`` or first use.
 
     * ``"memory"``: a :class:`MemoryStore`.
@@ -44,6 +44,8 @@ def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
         spec: What to open.
         fsync: Make every commit durable against power loss, not only against the process being
             killed (ignored for memory).
+        create: Create the file or directory if it does not exist. Tools that only read a
+            store pass ``False``, so a mistyped path is an error rather than a new empty store.
 
     Raises:
         ValueError: ``spec`` names none of these.
@@ -52,9 +54,9 @@ def open_store(spec: str | os.PathLike[str], *, fsync: bool = False) -> Store:
     if text == "memory":
         return MemoryStore()
     if text.lower().endswith(_SQLITE_SUFFIXES):
-        return SQLiteStore(text, fsync=fsync)
+        return SQLiteStore(text, fsync=fsync, create=create)
     if text.endswith(("/", os.sep)) or os.path.isdir(text):
-        return FileStore(text, fsync=fsync)
+        return FileStore(text, fsync=fsync, create=create)
     raise ValueError(
         f"cannot tell which store {text!r} means: use 'memory', a path ending in "
         f"{', '.join(_SQLITE_SUFFIXES)} (SQLite) or a directory ending in '/' (files)"

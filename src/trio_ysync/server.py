@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .demo import demo_response
 from .doc import Backend, DocumentError
 from .protocol import ProtocolError
 from .room import Peer, Room, RoomClosedError, UnsupportedMessageError
@@ -54,6 +55,8 @@ class RoomServer:
         broadcast_before_commit: see :class:`~trio_ysync.room.Room`.
         compact_after_updates: compact a room's stored log once it holds this many entries.
         compact_after_bytes: compact a room's stored log once it holds this many bytes.
+        demo: also answer plain HTTP requests under ``/demo/`` with the demo editor
+            (:mod:`trio_ysync.demo`).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class RoomServer:
         broadcast_before_commit: bool = False,
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
+        demo: bool = False,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -84,6 +88,7 @@ class RoomServer:
         self.broadcast_before_commit = broadcast_before_commit
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
+        self.demo = demo
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()
@@ -223,6 +228,8 @@ class RoomServer:
     def _answer_http(self, method: str, target: str) -> HTTPResponse:
         if target.split("?", 1)[0] == self.health_path and method in ("GET", "HEAD"):
             return HTTPResponse(200, b"ok\n")
+        if self.demo and (response := demo_response(method, target)) is not None:
+            return response
         return HTTPResponse(426, b"this is a y-websocket server: connect with a WebSocket\n")
 
     @asynccontextmanager

@@ -30,11 +30,14 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def cli_server(*args: str, port: int = 0) -> AsyncIterator[ServerProcess]:
-    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1; waits until it listens."""
+async def cli_server(
+    *args: str, port: int = 0, cwd: str | None = None
+) -> AsyncIterator[ServerProcess]:
+    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1 (in ``cwd``); waits until
+    it listens."""
     command = [sys.executable, "-m", "trio_ysync", "serve", "--host", "127.0.0.1"]
     process = await trio.lowlevel.open_process(
-        [*command, "--port", str(port), *args], stdout=subprocess.PIPE
+        [*command, "--port", str(port), *args], stdout=subprocess.PIPE, cwd=cwd
     )
     try:
         assert process.stdout is not None

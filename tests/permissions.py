@@ -14,5 +14,5 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 requires_enforced_permissions = pytest.mark.skipif(
     sys.platform == "win32" or IS_ROOT,
     reason="file permissions are not enforced for root or on Windows "
-    "(the CLI tests check permission errors as user nobody)",
+    "(tests/test_cli.py checks permission errors without root's override)",
 )

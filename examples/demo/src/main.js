@@ -19,7 +19,11 @@ const COLORS = [
 /** The room named after `#` (or `?room=`); a new random room is written into the address. */
 function chooseRoom () {
   const params = new URLSearchParams(location.search)
-  let room = decodeURIComponent(location.hash.slice(1)) || params.get('room') || ''
+  let room = location.hash.slice(1)
+  try {
+    room = decodeURIComponent(room)
+  } catch (_) {} // a stray '%': take the name as it is
+  room = room || params.get('room') || ''
   if (!room) {
     room = 'demo-' + Math.random().toString(36).slice(2, 8)
     history.replaceState(null, '', '#' + encodeURIComponent(room))

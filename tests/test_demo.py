@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -22,6 +23,10 @@ from wsclient import http_get
 
 from trio_ysync.demo import demo_files, demo_response
 from trio_ysync.server import RoomServer
+from trio_ysync.transport import HTTPResponse
+
+if TYPE_CHECKING:  # playwright is imported where it runs: it may be missing (a skip)
+    from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).parent.parent
 DEMO_SOURCES = ROOT / "examples" / "demo"
@@ -62,18 +67,22 @@ requires_browser = requires(_browser_missing(), "browser test of the demo")
 # -- static files ---------------------------------------------------------------------------
 
 
+def answer(method: str, target: str) -> HTTPResponse:
+    response = demo_response(method, target)
+    assert response is not None, target
+    return response
+
+
 def test_the_demo_serves_only_its_shipped_files() -> None:
-    page = demo_response("GET", "/demo/")
-    assert page is not None
+    page = answer("GET", "/demo/")
     assert page.status == 200
     assert page.content_type == b"text/html; charset=utf-8"
     assert page.body == (STATIC / "index.html").read_bytes()
-    assert demo_response("GET", "/demo") == page
-    assert demo_response("GET", "/demo/?room=x") == page
-    script = demo_response("GET", "/demo/demo.js")
-    assert script is not None
-    assert script.content_type == b"text/javascript; charset=utf-8"
-    assert demo_response("GET", "/demo/demo.css").content_type == b"text/css; charset=utf-8"  # type: ignore[union-attr]
+    assert answer("GET", "/demo") == page
+    assert answer("GET", "/demo/?room=x") == page
+    assert answer("GET", "/demo/demo.js").content_type == b"text/javascript; charset=utf-8"
+    assert answer("GET", "/demo/demo.css").content_type == b"text/css; charset=utf-8"
+    assert answer("GET", "/demo/demo.js").body == (STATIC / "demo.js").read_bytes()
     for target in (
         "/demo/../server.py",
         "/demo/%2e%2e/server.py",
@@ -82,8 +91,8 @@ def test_the_demo_serves_only_its_shipped_files() -> None:
         "/demo/__init__.py",
         "/demo/nothing.js",
     ):
-        assert demo_response("GET", target).status == 404, target  # type: ignore[union-attr]
-    assert demo_response("POST", "/demo/").status == 405  # type: ignore[union-attr]
+        assert answer("GET", target).status == 404, target
+    assert answer("POST", "/demo/").status == 405
     assert demo_response("GET", "/demos") is None
     assert demo_response("GET", "/room") is None
     assert sorted(demo_files()) == ["THIRD-PARTY-LICENSES.txt", "demo.css", "demo.js", "index.html"]
@@ -123,12 +132,12 @@ async def test_the_shipped_bundle_is_built_from_its_sources(tmp_path: Path) -> N
 def _edit_together(base_url: str, screenshot: Path) -> None:
     """Two pages type into one room and converge, see each other's cursor and name; a third
     page joining later shows the text."""
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     room = "browser-test"
 
-    def open_page(browser: object, name: str) -> Page:
-        page: Page = browser.new_page(viewport={"width": 640, "height": 420})  # type: ignore[attr-defined]
+    def open_page(browser: Browser, name: str) -> Page:
+        page = browser.new_page(viewport={"width": 640, "height": 420})
         page.goto(f"{base_url}/demo/?name={name}#{room}")
         expect(page.locator("#status")).to_have_attribute("data-status", "connected")
         expect(page.locator("#status")).to_have_text("connected")  # synced as well
@@ -167,9 +176,9 @@ def _edit_together(base_url: str, screenshot: Path) -> None:
             browser.close()
 
 
-def _side_by_side(browser: object, screenshot: Path) -> None:
+def _side_by_side(browser: Browser, screenshot: Path) -> None:
     """One picture of both pages, made by the browser itself (no imaging library needed)."""
-    page = browser.new_page(viewport={"width": 1300, "height": 440})  # type: ignore[attr-defined]
+    page = browser.new_page(viewport={"width": 1300, "height": 440})
     images = "".join(
         f'<img src="data:image/png;base64,{encoded}" style="border:1px solid #999;margin:4px">'
         for encoded in (

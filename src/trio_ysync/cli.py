@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .store import Store, admin, open_store
+from .doc import DocumentError
+from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -73,13 +74,12 @@ def _number_type(
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    parse.__name__ = expected  # argparse names the type in some messages
     return parse
 
 
-port_number = _number_type(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
-positive_size = _number_type(int, lambda n: n > 0, "a positive number of bytes")
-seconds = _number_type(float, lambda s: 0 <= s < float("inf"), "a number of seconds >= 0")
+_port_number = _number_type(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
+_positive_size = _number_type(int, lambda n: n > 0, "a positive number of bytes")
+_seconds = _number_type(float, lambda s: 0 <= s < float("inf"), "a number of seconds >= 0")
 
 
 def _log_level(text: str) -> str:
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument(
         "--port",
-        type=port_number,
+        type=_port_number,
         default=1234,
         help="port to bind, 0 for any free port (default: 1234)",
     )
@@ -164,21 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-message-size",
-        type=positive_size,
+        type=_positive_size,
         default=64 * 1024 * 1024,
         metavar="BYTES",
         help="largest accepted message (default: 64 MiB)",
     )
     serve.add_argument(
         "--max-buffered-bytes",
-        type=positive_size,
+        type=_positive_size,
         default=64 * 1024 * 1024,
         metavar="BYTES",
         help="unread bytes after which a slow client is disconnected (default: 64 MiB)",
     )
     serve.add_argument(
         "--room-grace-period",
-        type=seconds,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="how long a room stays loaded after its last client left (default: 10)",
@@ -391,10 +391,7 @@ def _single_error(exc: BaseException) -> BaseException:
 
 
 def _describe(exc: BaseException) -> tuple[str, int]:
-    """The one-line message and the exit status for an error that ended the command."""
-    from .doc import DocumentError
-    from .store import StoreError
-
+    """The message and the exit status for an error that ended the command."""
     if isinstance(exc, CommandError):
         return str(exc), exc.exit_status
     if isinstance(exc, StoreError):
@@ -446,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, KeyboardInterrupt):
             return 130
         message, status = _describe(error)
-        print(f"trio-ysync: error: {message}", file=sys.stderr)
+        one_line = " ".join(message.split())
+        print(f"trio-ysync: error: {one_line}", file=sys.stderr)
         return status
     finally:
         if handler is not None:

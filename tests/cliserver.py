@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -19,6 +19,13 @@ _READY = re.compile(rb"serving ws://[^:]+:(\d+)/")
 class ServerProcess:
     process: trio.Process
     port: int
+    #: What the server wrote to standard error so far (with ``capture_stderr=True``).
+    stderr: bytearray = field(default_factory=bytearray)
+
+    @property
+    def log_lines(self) -> list[str]:
+        """The captured standard error, line by line."""
+        return self.stderr.decode(errors="replace").splitlines()
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""
@@ -29,32 +36,58 @@ class ServerProcess:
         self.process.send_signal(signal.SIGTERM)
 
 
+async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
+
+
 @asynccontextmanager
 async def cli_server(
-    *args: str, port: int = 0, cwd: str | None = None
+    *args: str, port: int = 0, capture_stderr: bool = False, cwd: str | None = None
 ) -> AsyncIterator[ServerProcess]:
     """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1 (in ``cwd``); waits until
-    it listens."""
+    it listens.
+
+    With ``capture_stderr``, the server's log is collected in :attr:`ServerProcess.stderr`
+    instead of going to the test's standard error.
+    """
     command = [sys.executable, "-m", "trio_ysync", "serve", "--host", "127.0.0.1"]
     process = await trio.lowlevel.open_process(
-        [*command, "--port", str(port), *args], stdout=subprocess.PIPE, cwd=cwd
+        [*command, "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if capture_stderr else None,
+        cwd=cwd,
     )
     try:
-        assert process.stdout is not None
-        output = b""
-        while (match := _READY.search(output)) is None:
-            chunk = await process.stdout.receive_some()
-            if not chunk:
-                raise RuntimeError(f"trio-ysync serve exited early: {output!r}")
-            output += chunk
-        yield ServerProcess(process, int(match.group(1)))
+        async with trio.open_nursery() as nursery:
+            server = ServerProcess(process, 0)
+            if process.stderr is not None:
+                nursery.start_soon(_collect, process.stderr, server.stderr)
+            try:
+                assert process.stdout is not None
+                output = b""
+                while (match := _READY.search(output)) is None:
+                    chunk = await process.stdout.receive_some()
+                    if not chunk:
+                        raise RuntimeError(f"trio-ysync serve exited early: {output!r}")
+                    output += chunk
+                server.port = int(match.group(1))
+                yield server
+            finally:
+                # Stopped inside the nursery: the task reading stderr ends when it exits.
+                await _stop(process)
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(10):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
+        await _stop(process)
+        await process.stdout.aclose()  # type: ignore[union-attr]
+
+
+async def _stop(process: trio.Process) -> None:
+    """SIGTERM, then SIGKILL if the server does not exit within 10 s."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
                 await process.wait()
-            await process.stdout.aclose()  # type: ignore[union-attr]
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

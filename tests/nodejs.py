@@ -3,6 +3,7 @@
 Everything waits on events, never on sleeps: wrap calls in ``trio.fail_after`` in the test.
 
 - ``run_vectors()``: wire test vectors made by yjs / y-protocols / lib0 (tests/js/vectors.mjs).
+- ``run_update_corpus()``: yjs updates and state vectors of every kind (tests/js/update_corpus.mjs).
 - ``decode_with_js(frames)``: frames made here, decoded by the JS readers (tests/js/decode.mjs).
 - ``js_client(url, room)``: a real y-websocket ``WebsocketProvider`` driven over pipes.
 - ``reference_server()``: the reference ``@y/websocket-server`` on an ephemeral port.
@@ -41,6 +42,7 @@ __all__ = [
     "node_available",
     "reference_server",
     "requires_node",
+    "run_update_corpus",
     "run_vectors",
     "ws_url",
 ]
@@ -124,6 +126,12 @@ async def _run_script(script: str, *args: str, stdin: bytes = b"") -> bytes:
 async def run_vectors() -> JsonObject:
     """Run vectors.mjs: {"generator": {...}, "vectors": [...], "docs": [...]}."""
     out: JsonObject = json.loads(await _run_script("vectors.mjs"))
+    return out
+
+
+async def run_update_corpus() -> JsonObject:
+    """Run update_corpus.mjs: {"generator": {...}, "updates": [...], "state_vectors": [...]}."""
+    out: JsonObject = json.loads(await _run_script("update_corpus.mjs"))
     return out
 
 

@@ -34,7 +34,12 @@ class RawClient:
 
     async def send(self, *messages: Message) -> None:
         for message in messages:
-            await self.stream.send_all(self.ws.send(BytesMessage(encode(message))))
+            await self.send_bytes(encode(message))
+
+    async def send_bytes(self, data: bytes, *, raw: bool = False) -> None:
+        """Send ``data`` as one binary message, or as raw bytes on the wire (frames made by
+        hand) when ``raw``."""
+        await self.stream.send_all(data if raw else self.ws.send(BytesMessage(data)))
 
     async def receive(self) -> Message | None:
         """The next message, or ``None`` once the server closed the connection."""

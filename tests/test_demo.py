@@ -21,9 +21,9 @@ from ci import requires
 from cliserver import cli_server
 from wsclient import http_get
 
+from trio_ysync.connection import HTTPRequest, HTTPResponse
 from trio_ysync.demo import demo_files, demo_response
 from trio_ysync.server import RoomServer
-from trio_ysync.transport import HTTPResponse
 
 if TYPE_CHECKING:  # playwright is imported where it runs: it may be missing (a skip)
     from playwright.sync_api import Browser, Page
@@ -68,7 +68,7 @@ requires_browser = requires(_browser_missing(), "browser test of the demo")
 
 
 def answer(method: str, target: str) -> HTTPResponse:
-    response = demo_response(method, target)
+    response = demo_response(HTTPRequest(method, target))
     assert response is not None, target
     return response
 
@@ -76,12 +76,12 @@ def answer(method: str, target: str) -> HTTPResponse:
 def test_the_demo_serves_only_its_shipped_files() -> None:
     page = answer("GET", "/demo/")
     assert page.status == 200
-    assert page.content_type == b"text/html; charset=utf-8"
+    assert page.content_type == "text/html; charset=utf-8"
     assert page.body == (STATIC / "index.html").read_bytes()
     assert answer("GET", "/demo") == page
     assert answer("GET", "/demo/?room=x") == page
-    assert answer("GET", "/demo/demo.js").content_type == b"text/javascript; charset=utf-8"
-    assert answer("GET", "/demo/demo.css").content_type == b"text/css; charset=utf-8"
+    assert answer("GET", "/demo/demo.js").content_type == "text/javascript; charset=utf-8"
+    assert answer("GET", "/demo/demo.css").content_type == "text/css; charset=utf-8"
     assert answer("GET", "/demo/demo.js").body == (STATIC / "demo.js").read_bytes()
     for target in (
         "/demo/../server.py",
@@ -93,8 +93,8 @@ def test_the_demo_serves_only_its_shipped_files() -> None:
     ):
         assert answer("GET", target).status == 404, target
     assert answer("POST", "/demo/").status == 405
-    assert demo_response("GET", "/demos") is None
-    assert demo_response("GET", "/room") is None
+    assert demo_response(HTTPRequest("GET", "/demos")) is None
+    assert demo_response(HTTPRequest("GET", "/room")) is None
     assert sorted(demo_files()) == ["THIRD-PARTY-LICENSES.txt", "demo.css", "demo.js", "index.html"]
 
 

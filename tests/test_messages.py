@@ -5,11 +5,15 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ydocs import insert_text
 
+from trio_ysync.doc import new_document
 from trio_ysync.protocol import (
+    MAX_CLOCK,
     MAX_SAFE_INTEGER,
     AwarenessEntry,
     AwarenessUpdate,
+    Encoder,
     Message,
     PermissionDenied,
     ProtocolError,
@@ -124,10 +128,35 @@ json_values = st.recursive(
 )
 client_ids = st.integers(min_value=0, max_value=MAX_SAFE_INTEGER)
 
+
+def _encode_state_vector(clocks: dict[int, int]) -> bytes:
+    encoder = Encoder()
+    encoder.write_var_uint(len(clocks))
+    for client, clock in clocks.items():
+        encoder.write_var_uint(client)
+        encoder.write_var_uint(clock)
+    return encoder.to_bytes()
+
+
+def _sample_updates() -> list[bytes]:
+    doc = new_document("pycrdt", client_id=300)
+    updates = [doc.diff()]
+    for text in ("a", "héllo", "😀 emoji", "x" * 300):
+        insert_text(doc, 0, text)
+        updates.append(doc.diff())
+    return updates
+
+
+# Updates and state vectors must be valid to decode (decode validates them).
+state_vectors = st.dictionaries(client_ids, st.integers(0, MAX_CLOCK), max_size=4).map(
+    _encode_state_vector
+)
+updates = st.sampled_from(_sample_updates())
+
 messages = st.one_of(
-    st.builds(SyncStep1, st.binary()),
-    st.builds(SyncStep2, st.binary()),
-    st.builds(SyncUpdate, st.binary()),
+    st.builds(SyncStep1, state_vectors),
+    st.builds(SyncStep2, updates),
+    st.builds(SyncUpdate, updates),
     st.builds(
         AwarenessUpdate,
         st.lists(st.builds(AwarenessEntry, client_ids, client_ids, json_values), max_size=5),

@@ -578,7 +578,7 @@ async def test_malformed_message_closes_and_reconnects(
             await provider.wait_synced()
             await conn.ws.send_message(b"\x00\x07")  # unknown sync subtype
             await conn.closed.wait()
-            assert conn.close_code == 1002
+            assert conn.close_code == 1007  # invalid data, not a WebSocket framing error
             second = await server.accept()
             await second.handshake()
             await provider.wait_synced()

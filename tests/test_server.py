@@ -226,8 +226,8 @@ async def test_a_client_that_stops_reading_is_disconnected_with_bounded_memory(
                 sent += 1
                 await reader.receive_until(SyncUpdate)
                 for peer in room.peers:
-                    assert isinstance(peer, ServerWebSocket)
-                    assert peer.buffered_bytes <= limit
+                    assert isinstance(peer.connection, ServerWebSocket)
+                    assert peer.connection.buffered_bytes <= limit
             # The reader kept up with every update; only the stalled client is gone.
             assert len(room.peers) == 2
         await stalled.stream.aclose()

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from nodejs import NODE_DIR, requires_node
 from ydocs import delete_text, insert_text
 
-from trio_ysync.doc import Backend, Document, DocumentError, new_document
+from trio_ysync.doc import Backend, Document, new_document
+from trio_ysync.protocol import ProtocolError
 from trio_ysync.store import (
     FileStore,
     MemoryStore,
@@ -447,7 +448,7 @@ def test_merge_updates_is_content_identical(backend: Backend) -> None:
     for other in ("pycrdt", "y-py"):
         assert text_of([merged], other) == text  # type: ignore[arg-type]
     assert merge_updates([], backend) == b"\x00\x00"
-    with pytest.raises(DocumentError):
+    with pytest.raises(ProtocolError):  # validated before any document sees it
         merge_updates([b"\xff\xff\xff"], backend)
 
 
@@ -485,7 +486,7 @@ async def test_export_and_import_room(store_factory: StoreFactory, backend: Back
         stored = await store.load("copy")
         assert (stored.updates, stored.last_seq) == ([exported], 2)
 
-        with pytest.raises(DocumentError):
+        with pytest.raises(ProtocolError):
             await import_room(store, "bad", b"\xff\xff\xff", backend=backend)
         assert "bad" not in await store.list_rooms()
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from ydocs import insert_text
 
-from trio_ysync.doc import Backend, DocumentError, new_document
+from trio_ysync.doc import Backend, new_document
+from trio_ysync.protocol import ProtocolError
 from trio_ysync.protocol.lib0 import Encoder
 from trio_ysync.store import (
     SQLiteStore,
@@ -145,6 +146,6 @@ async def test_import_of_a_malformed_update_stores_nothing(tmp_path: Path) -> No
     path = tmp_path / "ystore.db"
     make_ystore_db(path, [("bad", b"\xff\xff\xff", 1.0)])
     async with SQLiteStore(tmp_path / "rooms.db") as store:
-        with pytest.raises(DocumentError):
+        with pytest.raises(ProtocolError):
             await import_ypy_websocket(store, path)
         assert await store.list_rooms() == []

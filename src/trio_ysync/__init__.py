@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .errors import YSyncError
+
 __version__ = "0.1.0.dev0"
 
 # Public names of the trio layers, resolved on first access.
@@ -20,7 +22,7 @@ _LAZY = {
     "open_provider": "trio_ysync.provider",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["YSyncError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

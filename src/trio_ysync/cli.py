@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
-from .doc import DocumentError
+from .errors import DocumentError, ProtocolError
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -398,7 +398,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), 1
     if isinstance(exc, LookupError):  # an unknown room
         return str(exc.args[0] if exc.args else exc), 1
-    if isinstance(exc, DocumentError):
+    if isinstance(exc, (DocumentError, ProtocolError)):
         return f"not a valid Yjs update: {exc}", 1
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""

@@ -13,15 +13,19 @@ import abc
 import importlib.util
 import secrets
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from .errors import DocumentBrokenError, DocumentError
 
 __all__ = [
     "Backend",
     "Document",
+    "DocumentBrokenError",
     "DocumentError",
     "PycrdtDocument",
     "UpdateCallback",
     "YPyDocument",
+    "contained",
     "default_backend",
     "new_document",
     "wrap_document",
@@ -36,20 +40,51 @@ UpdateCallback = Callable[[bytes, object], None]
 # An update that changes nothing: no clients, an empty delete set.
 _EMPTY_UPDATE = b"\x00\x00"
 
+_T = TypeVar("_T")
 
-class DocumentError(ValueError):
-    """An update could not be applied to a document."""
+
+def _is_native_panic(exc: BaseException) -> bool:
+    # pyo3 turns a Rust panic into ``pyo3_runtime.PanicException``, a BaseException that cannot
+    # be imported by name.
+    return type(exc).__name__ == "PanicException"
+
+
+def contained(operation: str, fn: Callable[..., _T], *args: Any) -> _T:
+    """Call ``fn(*args)``, a call into a document library, and map what it raises.
+
+    Raises:
+        DocumentError: the library refused the input (an ``Exception``).
+        DocumentBrokenError: the library failed inside (a Rust panic, which Python sees as a
+            ``BaseException``); whatever it was working on can no longer be trusted.
+    """
+    try:
+        return fn(*args)
+    except DocumentError:
+        raise
+    except Exception as exc:
+        raise DocumentError(f"{operation} failed: {exc}") from exc
+    except BaseException as exc:
+        if _is_native_panic(exc):
+            raise DocumentBrokenError(f"the document library failed {operation}: {exc}") from exc
+        raise
 
 
 class Document(abc.ABC):
-    """A Yjs document of either library, seen through the operations sync needs."""
+    """A Yjs document of either library, seen through the operations sync needs.
 
-    __slots__ = ("_applying_origin", "_callbacks", "_doc")
+    Every call into the native library is contained here: a refusal (a malformed update or state
+    vector) raises :class:`DocumentError` and leaves the document as it was; a failure inside the
+    library (a Rust panic, which Python sees as a ``BaseException``) raises
+    :class:`DocumentBrokenError`, after which the document must be discarded.
+    """
+
+    __slots__ = ("__weakref__", "_applying_origin", "_callback_error", "_callbacks", "_doc")
 
     def __init__(self, doc: Any) -> None:
         self._doc = doc
         self._callbacks: list[UpdateCallback] = []
         self._applying_origin: object = None
+        self._callback_error: BaseException | None = None
 
     @property
     def native(self) -> Any:
@@ -65,38 +100,61 @@ class Document(abc.ABC):
         """Stop observing the native document: this adapter's observers hear nothing more."""
         self._callbacks.clear()
 
-    @abc.abstractmethod
     def state_vector(self) -> bytes:
-        """The encoded state vector."""
+        """The encoded state vector.
 
-    @abc.abstractmethod
+        Raises:
+            DocumentBrokenError: the document library failed.
+        """
+        return contained("encoding the state vector", self._state_vector)
+
     def diff(self, state_vector: bytes | None = None) -> bytes:
-        """A v1 update with everything the holder of ``state_vector`` lacks (all without one)."""
+        """A v1 update with everything the holder of ``state_vector`` lacks (all without one).
 
-    @abc.abstractmethod
+        Raises:
+            DocumentError: ``state_vector`` is malformed.
+            DocumentBrokenError: the document library failed.
+        """
+        return contained("encoding a diff", self._diff, state_vector)
+
     def get_text(self, name: str) -> str:
         """The current content of the root text type ``name``."""
-
-    @abc.abstractmethod
-    def _apply(self, update: bytes) -> None: ...
+        return contained("reading text", self._get_text, name)
 
     def apply_update(self, update: bytes, origin: object = None) -> None:
         """Apply a v1 update; observers see it with ``origin``.
 
         Raises:
-            DocumentError: the update is malformed.
+            DocumentError: the update is malformed (the document is unchanged).
+            DocumentBrokenError: the document library failed while applying it.
         """
         previous = self._applying_origin
         self._applying_origin = origin
         try:
-            self._apply(update)
-        except ValueError as exc:
-            raise DocumentError(str(exc)) from exc
+            contained("applying an update", self._apply, update)
         finally:
             self._applying_origin = previous
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
+
+    @abc.abstractmethod
+    def _state_vector(self) -> bytes: ...
+
+    @abc.abstractmethod
+    def _diff(self, state_vector: bytes | None) -> bytes: ...
+
+    @abc.abstractmethod
+    def _get_text(self, name: str) -> str: ...
+
+    @abc.abstractmethod
+    def _apply(self, update: bytes) -> None: ...
 
     def observe(self, callback: UpdateCallback) -> Callable[[], None]:
         """Call ``callback(update, origin)`` after each transaction that changed something.
+
+        An exception from ``callback`` does not reach the document library: it is raised by the
+        :meth:`apply_update` that triggered it, after the update was applied.
 
         Returns a function that stops the observation.
         """
@@ -113,7 +171,11 @@ class Document(abc.ABC):
             return
         origin = self._applying_origin
         for callback in list(self._callbacks):
-            callback(update, origin)
+            try:
+                callback(update, origin)
+            except Exception as exc:
+                if self._callback_error is None:
+                    self._callback_error = exc
 
 
 class YPyDocument(Document):
@@ -131,33 +193,25 @@ class YPyDocument(Document):
             lambda event: self._dispatch(event.get_update())
         )
 
-    def state_vector(self) -> bytes:
+    def _state_vector(self) -> bytes:
         import y_py
 
         return bytes(y_py.encode_state_vector(self._doc))
 
-    def diff(self, state_vector: bytes | None = None) -> bytes:
+    def _diff(self, state_vector: bytes | None) -> bytes:
         import y_py
 
         if state_vector is None:
             return bytes(y_py.encode_state_as_update(self._doc))
         return bytes(y_py.encode_state_as_update(self._doc, state_vector))
 
-    def get_text(self, name: str) -> str:
+    def _get_text(self, name: str) -> str:
         return str(self._doc.get_text(name))
 
     def _apply(self, update: bytes) -> None:
         import y_py
 
-        try:
-            y_py.apply_update(self._doc, update)
-        except Exception as exc:  # y-py's EncodingException is not importable
-            raise ValueError(str(exc)) from exc
-        except BaseException as exc:
-            # A Rust panic surfaces as pyo3's PanicException, a BaseException.
-            if type(exc).__name__ == "PanicException":
-                raise ValueError(str(exc)) from exc
-            raise
+        y_py.apply_update(self._doc, update)
 
 
 class PycrdtDocument(Document):
@@ -177,13 +231,13 @@ class PycrdtDocument(Document):
             self._doc.unobserve(self._subscription)
             self._subscription = None
 
-    def state_vector(self) -> bytes:
+    def _state_vector(self) -> bytes:
         return bytes(self._doc.get_state())
 
-    def diff(self, state_vector: bytes | None = None) -> bytes:
+    def _diff(self, state_vector: bytes | None) -> bytes:
         return bytes(self._doc.get_update(state_vector))
 
-    def get_text(self, name: str) -> str:
+    def _get_text(self, name: str) -> str:
         import pycrdt
 
         return str(self._doc.get(name, type=pycrdt.Text))

@@ -1,22 +1,36 @@
 """A room: one shared document, its awareness, and the peers editing it.
 
 The room does its document work once per update (apply, observe, encode) and hands the same
-:class:`~trio_ysync.transport.OutgoingMessage` to every receiver. Incoming updates are
-written ahead to the store and broadcast once committed; updates that arrive while a commit is in
-flight go into the next commit together.
+:class:`~trio_ysync.connection.OutgoingMessage` to every receiver. Incoming updates are written
+ahead to the store and broadcast once committed; updates that arrive while a commit is in flight
+go into the next commit together.
+
+Nothing a peer sends can break a room: messages reach it decoded and validated (see
+:meth:`RoomServer.serve_connection <trio_ysync.server.RoomServer.serve_connection>`), a refusal
+by the document library closes only that peer, and a failure of the library, the store or our own
+code fails the whole room at once: every peer is closed with 1011, nothing uncommitted is
+stored, and the next connection loads the room afresh from its last committed state.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
 import trio
 
+from .connection import Connection, OutgoingMessage, must_propagate
 from .doc import Backend, Document, DocumentError, new_document
+from .errors import (
+    CloseCode,
+    DocumentBrokenError,
+    PolicyViolationError,
+    RoomClosedError,
+    UnsupportedMessageError,
+)
 from .protocol import (
     Awareness,
     AwarenessChange,
@@ -29,42 +43,93 @@ from .protocol import (
     SyncStep2,
     SyncUpdate,
     UnknownMessage,
-    decode,
     encode,
+    validate_update,
 )
 from .store import Store, StoreError
 from .store.merge import with_pending
-from .transport import CloseCode, OutgoingMessage
 
-__all__ = ["Peer", "Room", "RoomClosedError", "UnsupportedMessageError"]
+__all__ = ["Peer", "Room", "RoomClosedError", "RoomState"]
 
 logger = logging.getLogger("trio_ysync.room")
 
 #: How often awareness states are checked for expiry (y-protocols checks every tenth of the
 #: 30 s timeout).
 AWARENESS_CHECK_INTERVAL = 3.0
+#: How many awareness client IDs one connection may speak for (a y-websocket client has one).
+MAX_AWARENESS_CLIENTS_PER_PEER = 16
 
 
-class Peer(Protocol):
-    """A connection as a room sees it: something to send messages to, and to close."""
+class RoomState(enum.Enum):
+    """Where a room is in its life. The allowed transitions are in ``_TRANSITIONS``."""
+
+    #: Reading the stored document; peers wait.
+    LOADING = "loading"
+    #: Serving peers.
+    OPEN = "open"
+    #: No peers for the grace period, or asked to stop: flushing the store, refusing peers.
+    UNLOADING = "unloading"
+    #: The document, the store or our code failed: every peer was closed.
+    FAILED = "failed"
+    #: Done; the room holds nothing any more.
+    CLOSED = "closed"
+
+
+# Any state but CLOSED may also go straight to CLOSED when the room's task is cancelled.
+_TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
+    RoomState.LOADING: frozenset(
+        {RoomState.OPEN, RoomState.UNLOADING, RoomState.FAILED, RoomState.CLOSED}
+    ),
+    RoomState.OPEN: frozenset({RoomState.UNLOADING, RoomState.FAILED, RoomState.CLOSED}),
+    RoomState.UNLOADING: frozenset({RoomState.CLOSED, RoomState.FAILED}),
+    RoomState.FAILED: frozenset({RoomState.CLOSED}),
+    RoomState.CLOSED: frozenset(),
+}
+
+
+class Peer:
+    """A connection inside a room, with what the room remembers about it.
+
+    Replies whose cost is the whole room state (the document for a SyncStep1, every awareness
+    state for a query) are limited to one in flight per peer: a request that arrives while the
+    previous answer has not been written yet is covered by that answer (and by the updates that
+    follow it).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_answer_mark",
+        "_answer_requested",
+        "_awareness_mark",
+        "_told_read_only",
+        "connection",
+        "read_only",
+    )
+
+    def __init__(self, connection: Connection, *, read_only: bool = False) -> None:
+        self.connection = connection
+        #: Whether the peer may only read: its updates are never applied.
+        self.read_only = read_only
+        self._answer_mark = 0
+        self._answer_requested = False
+        self._awareness_mark = 0
+        self._told_read_only = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing: the room does no more work for it."""
+        return self.connection.closing
 
     def send(self, message: OutgoingMessage) -> None:
-        """Queue ``message`` without blocking (a slow peer closes itself)."""
-        ...
+        """Queue ``message`` (a peer too slow to keep up closes itself)."""
+        self.connection.send(message)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start closing the connection."""
-        ...
+        self.connection.close(code, reason)
 
-    def __hash__(self) -> int: ...
-
-
-class UnsupportedMessageError(ProtocolError):
-    """A peer sent a message type the room does not handle."""
-
-
-class RoomClosedError(Exception):
-    """The room failed or closed before a peer could join it."""
+    def _in_flight(self, mark: int) -> bool:
+        return self.connection.bytes_written < mark
 
 
 class Room:
@@ -112,6 +177,8 @@ class Room:
         self._receivers: set[Peer] = set()
         # Write-ahead state: updates not yet committed, and what to do once they are.
         self._uncommitted: list[bytes] = []
+        # The state vector before the first uncommitted update.
+        self._batch_base = b"\x00"
         self._after_commit: list[Callable[[], None]] = []
         self._commit_wanted = trio.Event()
         self._committed_idle = trio.Event()
@@ -120,23 +187,34 @@ class Room:
         self._log_bytes = 0
         self._compacting = False
         self._snapshot_bytes = 0
-        self._loading = True
-        #: Set once the stored document is loaded and peers may join.
+        self._state = RoomState.LOADING
+        #: Set once the room has left :attr:`RoomState.LOADING` (peers may try to join).
         self.ready = trio.Event()
         #: Set once the room has stopped (unloaded, shut down or failed).
         self.closed = trio.Event()
+        #: Why the room failed, if it did.
         self.failure: BaseException | None = None
-        self._stopping = False
         self._idle_changed = trio.Event()
         self._reservations = 0
-        self.document.observe(self._on_document_update)
+        self._unobserve = self.document.observe(self._on_document_update)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
+    def state(self) -> RoomState:
+        """Where the room is in its life."""
+        return self._state
+
+    def _enter(self, state: RoomState) -> None:
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"room {self.name!r}: {self._state.value} -> {state.value}")
+        self._state = state
+        self._idle_changed.set()
+
+    @property
     def accepting(self) -> bool:
         """Whether new peers may join (the room is loaded and not stopping)."""
-        return self.ready.is_set() and not self._stopping and self.failure is None
+        return self._state is RoomState.OPEN
 
     async def run(
         self,
@@ -145,32 +223,72 @@ class Room:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Load the stored document, then serve peers until the room has been without peers
-        for ``idle_timeout`` seconds or :meth:`stop` is called; flush the store on the way out.
+        for ``idle_timeout`` seconds, :meth:`stop` is called or the room fails; flush the store
+        on the way out (unless it failed).
         """
         try:
             await self._load()
+            if self._state is not RoomState.LOADING:
+                task_status.started()
+                return  # stopped while loading
+            self._enter(RoomState.OPEN)
             self.ready.set()
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_forever, nursery)
                 nursery.start_soon(self._expire_awareness_forever)
                 await self._wait_until_idle(idle_timeout)
-                self._stopping = True
-                await self._flush()
+                if self.state is RoomState.OPEN:
+                    self._enter(RoomState.UNLOADING)
+                    await self._flush()
                 nursery.cancel_scope.cancel()
-            await self._compact_on_unload()
+            if self.state is RoomState.UNLOADING:
+                await self._compact_on_unload()
         except BaseException as exc:
-            self.failure = exc
+            if not must_propagate(exc):
+                self._fail(exc, "storage failure" if isinstance(exc, StoreError) else "room failed")
             raise
         finally:
-            self._stopping = True
-            self.ready.set()
-            self.closed.set()
+            self._release()
 
     def stop(self) -> None:
         """Unload now: stop accepting peers, flush the store and return from :meth:`run`."""
-        self._stopping = True
-        self._idle_changed.set()
+        if self._state in (RoomState.LOADING, RoomState.OPEN):
+            self._enter(RoomState.UNLOADING)
+
+    def _release(self) -> None:
+        # Nothing may keep the room alive once it is done: the document's observer (held by
+        # native code, out of reach of the garbage collector) is the last link.
+        if self._state is not RoomState.CLOSED:
+            self._enter(RoomState.CLOSED)
+        for peer in tuple(self.peers):
+            peer.close(CloseCode.GOING_AWAY, "room closed")
+        self.peers.clear()
+        self._receivers.clear()
+        self._uncommitted.clear()
+        self._after_commit.clear()
+        self._unobserve()
+        self.document.close()
+        self.ready.set()
+        self.closed.set()
+
+    def _fail(self, exc: BaseException, reason: str) -> None:
+        """Close every peer with 1011 and drop what is not committed: the next connection loads
+        the room afresh from the store. Peers still hold their uncommitted edits and send them
+        again when they reconnect."""
+        if self._state in (RoomState.FAILED, RoomState.CLOSED):
+            return
+        self._enter(RoomState.FAILED)
+        self.failure = exc
+        self._uncommitted.clear()
+        self._after_commit.clear()
+        self._committed_idle.set()
+        for peer in tuple(self.peers):
+            peer.close(CloseCode.INTERNAL_ERROR, reason)
+
+    def _fail_on_bug(self, exc: BaseException, what: str) -> None:
+        logger.error("room %r failed while %s", self.name, what, exc_info=exc)
+        self._fail(exc, "internal error")
 
     @contextmanager
     def reserved(self) -> Iterator[None]:
@@ -189,7 +307,7 @@ class Room:
         return bool(self.peers or self._reservations)
 
     async def _wait_until_idle(self, idle_timeout: float) -> None:
-        while not self._stopping:
+        while self._state is RoomState.OPEN:
             self._idle_changed = trio.Event()
             if self._in_use:
                 await self._idle_changed.wait()
@@ -202,78 +320,152 @@ class Room:
 
     async def _load(self) -> None:
         stored = await self.store.load(self.name)
-        for update in stored.updates:
-            self.document.apply_update(update, origin=self.store)
+        self._unobserve()
+        try:
+            for update in stored.updates:
+                try:
+                    validate_update(update)
+                except ProtocolError as exc:
+                    # Written before updates were validated, or corrupted: leave it out rather
+                    # than let the document library meet it.
+                    logger.error("room %r: skipping an invalid stored update: %s", self.name, exc)
+                    continue
+                self.document.apply_update(update, origin=self.store)
+        finally:
+            self._unobserve = self.document.observe(self._on_document_update)
         self._log_entries = len(stored.updates)
         self._log_bytes = stored.size_bytes
-        self._loading = False
 
     # -- peers ---------------------------------------------------------------------------
 
-    def join(self, peer: Peer) -> None:
-        """Add ``peer``: send it our state vector and the current awareness states.
+    def join(self, connection: Connection, *, read_only: bool = False) -> Peer:
+        """Add a peer on ``connection``: send it our state vector and the current awareness.
 
         The peer receives updates only once it has asked for the document (its SyncStep1),
         so it never gets updates before the state they build on.
+
+        Raises:
+            RoomClosedError: the room is not accepting peers (or failed just now).
         """
         if not self.accepting:
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
+        # Everything that can fail happens before the peer is added.
+        try:
+            greeting = [OutgoingMessage(encode(SyncStep1(self.document.state_vector())))]
+            if len(self.awareness):
+                greeting.append(OutgoingMessage(encode(self.awareness.update_message())))
+        except Exception as exc:
+            self._fail_on_bug(exc, "greeting a peer")
+            raise RoomClosedError(f"room {self.name!r} failed") from exc
+        peer = Peer(connection, read_only=read_only)
         self.peers.add(peer)
         self._idle_changed.set()
-        peer.send(OutgoingMessage(encode(SyncStep1(self.document.state_vector()))))
-        if len(self.awareness):
-            peer.send(OutgoingMessage(encode(self.awareness.update_message())))
+        for message in greeting:
+            peer.send(message)
+        return peer
 
     def leave(self, peer: Peer) -> None:
-        """Remove ``peer`` and tell the others that the clients it controlled are gone."""
+        """Remove ``peer`` and tell the others that the clients it controlled are gone.
+
+        Safe to call at any time, more than once, and after the room closed.
+        """
         self.peers.discard(peer)
         self._receivers.discard(peer)
         self._idle_changed.set()
         change = self.awareness.remove_controlled_by(peer, trio.current_time())
-        if change:
+        if change and self._state is RoomState.OPEN:
             self._broadcast_awareness(change)
 
-    def receive(self, peer: Peer, payload: bytes) -> None:
-        """Handle one WebSocket message from ``peer``.
+    def handle(self, peer: Peer, message: Message) -> None:
+        """Handle one decoded, validated message from ``peer``.
 
         Raises:
-            ProtocolError: the message is malformed or of an unsupported type.
-            DocumentError: an update could not be applied.
-        """
-        for message in decode(payload):
-            self._handle(peer, message)
+            ProtocolError: the message is of a kind the room does not take (the peer's fault).
+            DocumentError: the document library refused the update (the peer's fault).
+            PolicyViolationError: the peer exceeded a limit.
 
-    def _handle(self, peer: Peer, message: Message) -> None:
+        A failure of the document library or of our own code fails the room instead (every
+        peer is closed with 1011) and is not raised.
+        """
+        if peer.closing or self._state is not RoomState.OPEN:
+            return
         if isinstance(message, SyncUpdate | SyncStep2):
-            self.document.apply_update(message.update, origin=peer)
+            self._apply(peer, message.update)
         elif isinstance(message, SyncStep1):
-            if self._after_commit:
-                # Answer once what the document holds now is durable.
-                self._after_commit.append(lambda: self._answer(peer, message.state_vector))
-            else:
-                self._answer(peer, message.state_vector)
+            self._request_document(peer, message.state_vector)
         elif isinstance(message, AwarenessUpdate):
-            change = self.awareness.apply(message.entries, trio.current_time(), origin=peer)
-            if change:
-                self._broadcast_awareness(change)
+            self._apply_awareness(peer, message)
         elif isinstance(message, QueryAwareness):
-            peer.send(OutgoingMessage(encode(self.awareness.update_message())))
+            if not peer._in_flight(peer._awareness_mark):
+                peer.send(OutgoingMessage(encode(self.awareness.update_message())))
+                peer._awareness_mark = peer.connection.bytes_queued
         elif isinstance(message, PermissionDenied):
             pass  # only servers send it
         elif isinstance(message, UnknownMessage):
             raise UnsupportedMessageError(f"unsupported message type {message.message_type}")
 
-    def _answer(self, peer: Peer, state_vector: bytes) -> None:
-        if peer not in self.peers:
+    def _apply(self, peer: Peer, update: bytes) -> None:
+        if peer.read_only:
+            if not peer._told_read_only:
+                peer._told_read_only = True
+                peer.send(OutgoingMessage(encode(PermissionDenied("read-only access"))))
             return
-        peer.send(OutgoingMessage(encode(SyncStep2(self.document.diff(state_vector)))))
+        if not self._uncommitted:
+            self._batch_base = self.document.state_vector()
+        try:
+            self.document.apply_update(update, origin=peer)
+        except DocumentBrokenError as exc:
+            self._fail_on_bug(exc, "applying an update")
+        except DocumentError:
+            raise
+        except BaseException as exc:
+            if must_propagate(exc):
+                raise
+            self._fail_on_bug(exc, "applying an update")
+
+    def _request_document(self, peer: Peer, state_vector: bytes) -> None:
+        if peer._answer_requested or peer._in_flight(peer._answer_mark):
+            return  # the answer on its way covers this request too
+        peer._answer_requested = True
+        if self._after_commit:
+            # Answer once what the document holds now is durable.
+            self._after_commit.append(lambda: self._answer(peer, state_vector))
+        else:
+            self._answer(peer, state_vector)
+
+    def _answer(self, peer: Peer, state_vector: bytes) -> None:
+        peer._answer_requested = False
+        if peer.closing or peer not in self.peers:
+            return
+        try:
+            update = self.document.diff(state_vector)
+        except DocumentBrokenError as exc:
+            self._fail_on_bug(exc, "encoding a diff")
+            return
+        except DocumentError as exc:
+            logger.warning(
+                "room %r: closing a peer whose state vector was refused: %s", self.name, exc
+            )
+            peer.close(exc.close_code, "invalid state vector")
+            return
+        peer.send(OutgoingMessage(encode(SyncStep2(update))))
+        peer._answer_mark = peer.connection.bytes_queued
         self._receivers.add(peer)
+
+    def _apply_awareness(self, peer: Peer, message: AwarenessUpdate) -> None:
+        controlled = self.awareness.controlled_by(peer)
+        claimed = {entry.client_id for entry in message.entries if entry.state is not None}
+        if len(controlled | claimed) > MAX_AWARENESS_CLIENTS_PER_PEER:
+            raise PolicyViolationError(
+                f"awareness for more than {MAX_AWARENESS_CLIENTS_PER_PEER} clients"
+            )
+        change = self.awareness.apply(message.entries, trio.current_time(), origin=peer)
+        if change:
+            self._broadcast_awareness(change)
 
     # -- document updates ----------------------------------------------------------------
 
     def _on_document_update(self, update: bytes, origin: object) -> None:
-        if self._loading:
-            return
         message = OutgoingMessage(encode(SyncUpdate(update)))
         self._uncommitted.append(update)
         if self.broadcast_before_commit:
@@ -303,16 +495,32 @@ class Room:
             self._commit_wanted = trio.Event()
             updates, self._uncommitted = self._uncommitted, []
             actions, self._after_commit = self._after_commit, []
-            if updates:
-                await self._append(updates)
-            for action in actions:
-                action()
+            if updates and not (self._document_sound() and await self._append(updates)):
+                return
+            try:
+                for action in actions:
+                    action()
+            except Exception as exc:
+                self._fail_on_bug(exc, "acting on a commit")
+                return
             if not self._uncommitted:
                 self._committed_idle.set()
             if not self._compacting and self._compaction_due():
                 # In the background: commits go on while the log is merged.
                 self._compacting = True
                 nursery.start_soon(self._compact)
+
+    def _document_sound(self) -> bool:
+        # Some updates apply cleanly and only make a later encoding fail. Encoding what the
+        # batch added (a diff against the state before it) before the batch is committed means
+        # such an update fails the room here, before it reaches the store, rather than at every
+        # later load.
+        try:
+            self.document.diff(self._batch_base)
+        except DocumentError as exc:
+            self._fail_on_bug(exc, "checking the document before a commit")
+            return False
+        return True
 
     def _compaction_due(self) -> bool:
         # Encoding the snapshot costs its size, so wait until the log holds at least that much
@@ -322,7 +530,7 @@ class Room:
             self._log_entries >= self.compact_after_updates and grown >= self._snapshot_bytes
         )
 
-    async def _append(self, updates: list[bytes]) -> None:
+    async def _append(self, updates: list[bytes]) -> bool:
         delay = 0.05
         for attempt in range(self.store_retries + 1):
             try:
@@ -330,24 +538,16 @@ class Room:
             except StoreError as exc:
                 if attempt == self.store_retries:
                     logger.error("room %r: giving up writing to the store: %s", self.name, exc)
-                    self._fail(exc)
-                    raise
+                    self._fail(exc, "storage failure")
+                    return False
                 logger.warning("room %r: store write failed, retrying: %s", self.name, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             else:
                 self._log_entries += len(updates)
                 self._log_bytes += sum(map(len, updates))
-                return
-
-    def _fail(self, exc: BaseException) -> None:
-        # Nothing uncommitted was broadcast; peers still hold those edits and resend them when
-        # they reconnect to a fresh room.
-        self.failure = exc
-        self._uncommitted.clear()
-        self._after_commit.clear()
-        for peer in tuple(self.peers):
-            peer.close(CloseCode.INTERNAL_ERROR, "storage failure")
+                return True
+        return False  # pragma: no cover - the loop always returns
 
     async def _compact(self) -> None:
         # The live document's state replaces the log; the log is still read, because a
@@ -358,9 +558,13 @@ class Room:
             stored = await self.store.load(self.name)
             if len(stored.updates) < 2:
                 return
-            snapshot = await trio.to_thread.run_sync(
-                with_pending, self.document.diff(), stored.updates
-            )
+            try:
+                state = self.document.diff()
+            except DocumentError as exc:
+                self._fail_on_bug(exc, "encoding the document")
+                return
+            # A failure here is the stored log's, not the live document's: try again later.
+            snapshot = await trio.to_thread.run_sync(with_pending, state, stored.updates)
             await self.store.compact(self.name, snapshot, stored.last_seq)
         except (StoreError, DocumentError) as exc:
             logger.warning("room %r: compaction failed (will retry later): %s", self.name, exc)
@@ -376,7 +580,7 @@ class Room:
         await self._committed_idle.wait()
 
     async def _compact_on_unload(self) -> None:
-        if self.failure is None and self._log_entries > 1:
+        if self._log_entries > 1:
             with trio.CancelScope(shield=True):
                 await self._compact()
 

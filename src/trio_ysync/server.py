@@ -5,9 +5,11 @@
     async with RoomServer() as server:
         port = await nursery.start(server.serve, "127.0.0.1", 1234)
 
-Each connection runs a reader and a writer task; one connection's errors close only that
-connection. Rooms are loaded on the first connection to their path and unloaded after the last
-peer has left and a grace period has passed.
+Every transport (the built-in wsproto server here, trio-websocket and ASGI in
+:mod:`trio_ysync.adapters`) hands its connections to :meth:`RoomServer.serve_connection`, the one
+path that opens the room, runs the peer and maps every error to the close code that says whose
+fault it was. One connection's errors close only that connection. Rooms are loaded on the first
+connection to their path and unloaded after the last peer has left and a grace period has passed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -23,19 +25,28 @@ from typing import Any
 
 import trio
 
+from .connection import (
+    Connection,
+    HTTPRequest,
+    HTTPResponse,
+    PendingConnection,
+    must_propagate,
+)
 from .demo import demo_response
-from .doc import Backend, DocumentError
-from .protocol import ProtocolError
-from .room import Peer, Room, RoomClosedError, UnsupportedMessageError
-from .store import MemoryStore, Store
-from .transport import CloseCode, HTTPResponse, ServerWebSocket
+from .doc import Backend
+from .errors import CloseCode, RoomClosedError, YSyncError
+from .protocol import (
+    DEFAULT_MESSAGE_LIMITS,
+    MessageLimits,
+    decode,
+)
+from .room import Peer, Room, RoomState
+from .store import MemoryStore, Store, StoreError
+from .transport import DEFAULT_MAX_FRAGMENTS, ServerWebSocket, WsprotoPendingConnection
 
-__all__ = ["Room", "RoomServer", "shutdown_on_signals"]
+__all__ = ["Room", "RoomServer", "RoomState", "shutdown_on_signals"]
 
 logger = logging.getLogger("trio_ysync.server")
-
-#: Runs a peer's connection, calling the given function with each incoming message.
-PeerRunner = Callable[[Callable[[bytes], None]], Awaitable[None]]
 
 
 class RoomServer:
@@ -55,6 +66,8 @@ class RoomServer:
         broadcast_before_commit: see :class:`~trio_ysync.room.Room`.
         compact_after_updates: compact a room's stored log once it holds this many entries.
         compact_after_bytes: compact a room's stored log once it holds this many bytes.
+        message_limits: bounds on each incoming frame (messages per frame, awareness states).
+        max_fragments: how many WebSocket frames one message may be split into.
         demo: also answer plain HTTP requests under ``/demo/`` with the demo editor
             (:mod:`trio_ysync.demo`).
     """
@@ -74,6 +87,8 @@ class RoomServer:
         broadcast_before_commit: bool = False,
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
+        message_limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
         demo: bool = False,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
@@ -88,6 +103,8 @@ class RoomServer:
         self.broadcast_before_commit = broadcast_before_commit
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
+        self.message_limits = message_limits
+        self.max_fragments = max_fragments
         self.demo = demo
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
@@ -193,44 +210,103 @@ class RoomServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection (a TCP or TLS stream) until it closes. Never raises."""
-        ws = ServerWebSocket(
+        websocket = ServerWebSocket(
             stream,
             max_message_size=self.max_message_size,
             max_buffered_bytes=self.max_buffered_bytes,
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
+            max_fragments=self.max_fragments,
         )
+        request = None
         try:
-            request = None
             with trio.move_on_after(self.handshake_timeout):
-                request = await ws.handshake(self._answer_http)
-            if request is None:
-                await trio.aclose_forcefully(stream)
-                return
-            async with self.open_room(request.room) as room:
-                accepted = False
-                with trio.move_on_after(self.handshake_timeout):
-                    await ws.accept()
-                    accepted = True
-                if not accepted:
-                    await trio.aclose_forcefully(stream)
-                    return
-                await self.serve_peer(room, ws, ws.run)
+                request = await websocket.handshake(self.answer_http)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.aclose_forcefully(stream)
-        except RoomClosedError as exc:
-            logger.info("refusing a connection: %s", exc)
-            await trio.aclose_forcefully(stream)
+            pass
         except Exception:
-            logger.exception("connection handler failed")
+            logger.exception("%s: reading the HTTP request failed", websocket.name)
+        if request is None:
             await trio.aclose_forcefully(stream)
+            return
+        await self.serve_connection(WsprotoPendingConnection(websocket, request))
 
-    def _answer_http(self, method: str, target: str) -> HTTPResponse:
-        if target.split("?", 1)[0] == self.health_path and method in ("GET", "HEAD"):
-            return HTTPResponse(200, b"ok\n")
-        if self.demo and (response := demo_response(method, target)) is not None:
+    async def answer_http(self, request: HTTPRequest) -> HTTPResponse:
+        """The answer to a plain HTTP request (one that is not a WebSocket upgrade)."""
+        if request.path == self.health_path and request.method in ("GET", "HEAD"):
+            return HTTPResponse.text(200, "ok")
+        if self.demo and (response := demo_response(request)) is not None:
             return response
-        return HTTPResponse(426, b"this is a y-websocket server: connect with a WebSocket\n")
+        return HTTPResponse.text(426, "this is a y-websocket server: connect with a WebSocket")
+
+    async def serve_connection(self, pending: PendingConnection) -> None:
+        """Serve one WebSocket upgrade request from any transport until the connection closes.
+
+        Opens (loads) the requested room, accepts the upgrade, runs the peer, and makes sure
+        the peer has left the room and the connection is closed on every way out. Refusals
+        answer with an HTTP status. Never raises, except to let cancellation through.
+        """
+        request = pending.request
+        who = request.describe_client()
+        try:
+            async with self.open_room(request.room) as room:
+                connection: Connection | None = None
+                with trio.move_on_after(self.handshake_timeout):
+                    connection = await pending.accept()
+                if connection is not None:
+                    await self._run_peer(room, connection, who)
+        except RoomClosedError as exc:
+            logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
+            with trio.move_on_after(self.close_timeout):
+                await pending.refuse(exc.http_status, str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            logger.exception("%s: the connection to room %r failed", who, request.room)
+
+    async def _run_peer(self, room: Room, connection: Connection, who: str) -> None:
+        peer: Peer | None = None
+        try:
+            peer = room.join(connection)
+        except RoomClosedError as exc:
+            connection.close(exc.close_code, str(exc))
+        try:
+            if peer is None:
+                await connection.run(_discard)
+            else:
+                await connection.run(partial(self._receive, room, peer, who))
+        finally:
+            if peer is not None:
+                room.leave(peer)
+
+    async def _receive(self, room: Room, peer: Peer, who: str, payload: bytes) -> None:
+        # The whole frame is decoded and validated before any of it is acted on, and the work
+        # of a frame with several messages yields to other connections between them.
+        try:
+            messages = decode(payload, self.message_limits)
+            for index, message in enumerate(messages):
+                if peer.closing:
+                    return
+                if index:
+                    await trio.lowlevel.checkpoint()
+                room.handle(peer, message)
+        except YSyncError as exc:
+            if exc.peer_fault:
+                logger.warning(
+                    "%s: room %r: closing with %d: %s", who, room.name, exc.close_code, exc
+                )
+            else:
+                logger.error(
+                    "%s: room %r: closing with %d", who, room.name, exc.close_code, exc_info=exc
+                )
+            peer.close(exc.close_code, str(exc))
+        except BaseException as exc:
+            if must_propagate(exc):
+                raise
+            logger.error("%s: room %r: error handling a message", who, room.name, exc_info=exc)
+            peer.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    # -- rooms ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def open_room(self, name: str) -> AsyncIterator[Room]:
@@ -238,12 +314,13 @@ class RoomServer:
         ``async with`` block runs, so a peer can finish its handshake before it joins.
 
         Raises:
-            RoomClosedError: the server is shutting down or the room failed to load.
+            RoomClosedError: the server is shutting down or the room could not be loaded.
         """
         while True:
             if self._shutdown.is_set() or self._rooms_nursery is None:
                 raise RoomClosedError("the server is shutting down")
             room = self._rooms.get(name)
+            created = room is None
             if room is None:
                 room = Room(
                     name,
@@ -258,9 +335,9 @@ class RoomServer:
             await room.ready.wait()
             if room.accepting:
                 break
-            if room.failure is not None and not room.closed.is_set():
-                raise RoomClosedError(f"room {name!r} failed: {room.failure}")
-            # The room is unloading: wait until it has flushed, then load it afresh.
+            if created and room.failure is not None:
+                raise RoomClosedError(f"room {name!r} could not be loaded")
+            # The room is unloading or failed: wait until it is gone, then load it afresh.
             await room.closed.wait()
         with room.reserved():
             yield room
@@ -269,40 +346,21 @@ class RoomServer:
         logger.info("room %r: loading", room.name)
         try:
             await room.run(self.room_grace_period)
-        except Exception:
-            logger.exception("room %r failed", room.name)
+        except StoreError as exc:
+            logger.error("room %r: store failure: %s", room.name, exc)
+        except BaseException as exc:
+            if must_propagate(exc):
+                raise
+            logger.error("room %r failed", room.name, exc_info=exc)
         finally:
             if self._rooms.get(room.name) is room:
                 del self._rooms[room.name]
-            logger.info("room %r: unloaded", room.name)
+            state = "failed" if room.failure is not None else "unloaded"
+            logger.info("room %r: %s", room.name, state)
 
-    async def serve_peer(self, room: Room, peer: Peer, run: PeerRunner) -> None:
-        """Join ``peer`` to ``room`` and feed it the messages ``run`` reads, until it returns.
 
-        This is the part every transport shares (wsproto here, trio-websocket and ASGI in
-        :mod:`trio_ysync.adapters`). Bad input closes only this peer, with a close code that
-        says why.
-        """
-        room.join(peer)
-        logger.info("room %r: peer joined (%d connected)", room.name, len(room.peers))
-        try:
-            await run(partial(self._receive, room, peer))
-        finally:
-            room.leave(peer)
-            logger.info("room %r: peer left (%d connected)", room.name, len(room.peers))
-
-    def _receive(self, room: Room, peer: Peer, payload: bytes) -> None:
-        try:
-            room.receive(peer, payload)
-        except UnsupportedMessageError as exc:
-            logger.warning("room %r: closing a peer: %s", room.name, exc)
-            peer.close(CloseCode.UNSUPPORTED_DATA, str(exc)[:120])
-        except (ProtocolError, DocumentError) as exc:
-            logger.warning("room %r: closing a peer that sent bad data: %s", room.name, exc)
-            peer.close(CloseCode.INVALID_DATA, "malformed message")
-        except Exception:
-            logger.exception("room %r: error handling a message", room.name)
-            peer.close(CloseCode.INTERNAL_ERROR, "internal error")
+async def _discard(payload: bytes) -> None:
+    """Ignores messages from a connection that is only being closed."""
 
 
 async def shutdown_on_signals(

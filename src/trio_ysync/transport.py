@@ -1,21 +1,20 @@
 """WebSocket server connections driven by wsproto directly over trio streams.
 
-Server frames are never masked, so the frame of a broadcast message is the same bytes for every
-receiver: :class:`OutgoingMessage` builds it once (with our own small RFC 6455 header encoder,
-since wsproto's frame layer is not public API) and every connection writes those bytes.
-Per-connection control frames (pongs, pings, closes) still come from the connection's wsproto
-object and go through the same writer, so bytes never interleave.
+The HTTP upgrade is parsed by h11 and wsproto; incoming frames by wsproto, behind a small guard
+of our own that reads each frame header as it arrives, so a message that would pass the size
+limit is refused when its header announces it, not after its bytes have been buffered.
+Broadcast frames are encoded once (:class:`~trio_ysync.connection.OutgoingMessage`) and, when the
+socket can take them at once, written without waking the writer task. Per-connection control
+frames (pongs, pings, closes) come from the connection's wsproto object and go through the same
+writer, so bytes never interleave.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import h11
 import trio
@@ -32,152 +31,135 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .connection import (
+    ConnectionRequest,
+    HTTPHandler,
+    HTTPRequest,
+    HTTPResponse,
+    MessageHandler,
+    OutgoingBuffer,
+    OutgoingMessage,
+    QueuedConnection,
+    describe_address,
+    encode_frame,
+)
+from .errors import (
+    CloseCode,
+    FrameError,
+    MessageTooBigError,
+    ProtocolError,
+    UnsupportedMessageError,
+    YSyncError,
+)
+
 __all__ = [
+    "DEFAULT_MAX_FRAGMENTS",
     "CloseCode",
+    "FrameGuard",
     "HTTPResponse",
-    "HandshakeRequest",
     "OutgoingBuffer",
     "OutgoingMessage",
     "ServerWebSocket",
     "encode_frame",
+    "stream_peer_address",
 ]
 
 logger = logging.getLogger("trio_ysync.transport")
 
-_OPCODE_BINARY = 0x2
-_FIN = 0x80
 _READ_SIZE = 65536
+#: How many frames one message may be split into.
+DEFAULT_MAX_FRAGMENTS = 1024
+# Every fragment costs bookkeeping whatever its payload, so each counts at least this much
+# toward the message size limit.
+_FRAGMENT_OVERHEAD = 16
+_MAX_HTTP_HEAD = 16384
+
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 
 
-class CloseCode(enum.IntEnum):
-    """The WebSocket close codes this server sends."""
+class FrameGuard:
+    """Reads the headers of a client's frames as the bytes arrive and enforces the limits of a
+    message: its total size (each fragment counted at least ``_FRAGMENT_OVERHEAD`` bytes) and its
+    number of fragments.
 
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-
-
-def encode_frame(payload: bytes, opcode: int = _OPCODE_BINARY) -> bytes:
-    """One unmasked, final WebSocket frame carrying ``payload`` (RFC 6455, section 5.2)."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", _FIN | opcode, length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", _FIN | opcode, 126, length)
-    else:
-        header = struct.pack("!BBQ", _FIN | opcode, 127, length)
-    return header + payload
-
-
-class OutgoingMessage:
-    """A binary message for one or many receivers; its frame is encoded at most once."""
-
-    __slots__ = ("_frame", "payload")
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self._frame: bytes | None = None
-
-    @property
-    def frame(self) -> bytes:
-        """The complete WebSocket frame, shared by every receiver."""
-        if self._frame is None:
-            self._frame = encode_frame(self.payload)
-        return self._frame
-
-    def __len__(self) -> int:
-        return len(self.payload)
-
-
-class OutgoingBuffer:
-    """A bounded FIFO between the tasks that produce messages and one writer task.
-
-    Producers never block: :meth:`put` refuses (returns ``False``) once more than ``limit``
-    bytes are waiting, so a receiver that does not read is detected instead of growing memory.
-    A single item larger than the limit is still accepted when nothing else is waiting, so one
-    big document can reach a client that reads.
+    It only looks at headers and skips payloads; wsproto still parses everything.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._items: list[bytes] = []
-        self._size = 0
-        self._closed = False
-        self._wakeup = trio.Event()
+    __slots__ = ("_fragments", "_header", "_message_size", "_skip", "max_fragments", "max_size")
 
-    @property
-    def size(self) -> int:
-        """Bytes queued and not yet taken by the writer."""
-        return self._size
+    def __init__(self, max_size: int, max_fragments: int = DEFAULT_MAX_FRAGMENTS) -> None:
+        self.max_size = max_size
+        self.max_fragments = max_fragments
+        self._header = b""
+        self._skip = 0
+        self._message_size = 0
+        self._fragments = 0
 
-    def put(self, item: bytes) -> bool:
-        """Queue ``item``; ``False`` if it would pass the limit (the item is then dropped)."""
-        if self._closed:
-            return True
-        if self._size and self._size + len(item) > self.limit:
-            return False
-        self._items.append(item)
-        self._size += len(item)
-        self._wakeup.set()
-        return True
+    def feed(self, data: bytes | bytearray) -> None:
+        """Account for ``data``, the next bytes from the client.
 
-    def clear(self) -> None:
-        """Drop everything queued (a connection that is being torn down)."""
-        self._items = []
-        self._size = 0
+        Raises:
+            MessageTooBigError: a frame header announced more than the limits allow.
+        """
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            header = self._header + data[pos : pos + 14]
+            if len(header) < 2:
+                self._header = header
+                return
+            second = header[1]
+            length = second & 0x7F
+            size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 * (second >> 7))
+            if len(header) < size:
+                self._header = header
+                return
+            pos += size - len(self._header)
+            self._header = b""
+            if length == 126:
+                (length,) = struct.unpack_from("!H", header, 2)
+            elif length == 127:
+                (length,) = struct.unpack_from("!Q", header, 2)
+            self._account(header[0], length)
+            self._skip = length
 
-    def close(self) -> None:
-        """Accept nothing more; the writer drains what is queued and then stops."""
-        self._closed = True
-        self._wakeup.set()
-
-    async def take(self) -> list[bytes]:
-        """Wait for queued items and take them all; ``[]`` once closed and drained."""
-        while not self._items:
-            if self._closed:
-                return []
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        items, self._items, self._size = self._items, [], 0
-        return items
-
-
-@dataclass(frozen=True)
-class HandshakeRequest:
-    """What the client asked for in its upgrade request."""
-
-    #: The percent-decoded path without its leading slash: the room name.
-    room: str
-    #: The raw query string (without ``?``), kept for authentication.
-    query: str
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    subprotocols: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HTTPResponse:
-    """A plain HTTP answer to a request that is not a WebSocket upgrade."""
-
-    status: int
-    body: bytes = b""
-    content_type: bytes = b"text/plain; charset=utf-8"
+    def _account(self, first: int, length: int) -> None:
+        opcode = first & 0x0F
+        if opcode > _OP_BINARY:
+            return  # a control frame: wsproto limits those to 125 bytes
+        if opcode != _OP_CONTINUATION:
+            self._message_size = 0
+            self._fragments = 0
+        self._fragments += 1
+        self._message_size += max(length, _FRAGMENT_OVERHEAD)
+        if self._message_size > self.max_size:
+            raise MessageTooBigError(f"message larger than {self.max_size} bytes")
+        if self._fragments > self.max_fragments:
+            raise MessageTooBigError(f"message split into more than {self.max_fragments} frames")
+        if first & 0x80:
+            self._message_size = 0
+            self._fragments = 0
 
 
-#: Answers plain HTTP requests: called with the method and the target.
-HTTPHandler = Callable[[str, str], HTTPResponse]
+def stream_peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The remote address of a TCP stream (or of the TCP stream under TLS), if it has one."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            address: Any = stream.socket.getpeername()
+        except OSError:
+            return None
+        if isinstance(address, tuple) and len(address) >= 2:
+            return str(address[0]), int(address[1])
+    return None
 
 
-class _Closed(Exception):
-    """Internal: the connection has been closed and the reader should stop."""
-
-
-class ServerWebSocket:
+class ServerWebSocket(QueuedConnection):
     """One server-side WebSocket over a trio stream.
 
     Args:
@@ -189,6 +171,7 @@ class ServerWebSocket:
             before the TCP connection is dropped.
         ping_interval: seconds between pings; a connection that did not answer the previous
             ping by the next one is closed.
+        max_fragments: how many frames one message may be split into.
     """
 
     def __init__(
@@ -199,138 +182,140 @@ class ServerWebSocket:
         max_buffered_bytes: int,
         close_timeout: float = 5.0,
         ping_interval: float = 30.0,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
     ) -> None:
+        self.client = stream_peer_address(stream)
+        super().__init__(
+            max_buffered_bytes=max_buffered_bytes,
+            close_timeout=close_timeout,
+            name=describe_address(self.client),
+        )
         self.stream = stream
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
-        self.close_timeout = close_timeout
+        self._guard = FrameGuard(max_message_size, max_fragments)
         self._ws = WSConnection(ConnectionType.SERVER)
-        self._outgoing = OutgoingBuffer(max_buffered_bytes)
-        self._cancel_scope = trio.CancelScope()
+        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD)
         self._awaiting_pong = False
-        self._written = trio.Event()
         self._writing = False
-        # Plain TCP sockets on POSIX can take a frame right away without waking the writer task
-        # (one system call instead of a task switch and a send_all per receiver).
-        self._fd: int | None = (
-            stream.socket.fileno()
-            if isinstance(stream, trio.SocketStream) and os.name == "posix"
-            else None
+        # Plain TCP sockets on POSIX can take a frame at once, without waking the writer task
+        # (one system call instead of a task switch and a send_all per receiver). The socket
+        # object is kept, never its file descriptor number: once the socket is closed its
+        # fileno() is -1, so a number the kernel has reused is never written to.
+        self._socket: Any = (
+            stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
         )
-        #: The close code sent or received, once the connection is closing.
-        self.close_code: int | None = None
-        self.close_reason = ""
 
     # -- handshake -----------------------------------------------------------------------
 
-    async def handshake(self, http_handler: HTTPHandler) -> HandshakeRequest | None:
-        """Read the HTTP request; accept a WebSocket upgrade or answer plain HTTP.
+    async def handshake(self, http_handler: HTTPHandler) -> ConnectionRequest | None:
+        """Read the HTTP request; return an upgrade request, or answer plain HTTP.
 
-        Returns the request for an upgrade (not yet accepted: call :meth:`accept`), or ``None``
-        when a plain HTTP answer was sent or the request was unusable.
+        Returns the request of a WebSocket upgrade (neither accepted nor refused yet: call
+        :meth:`accept` or :meth:`refuse`), or ``None`` when the request was answered over plain
+        HTTP (``http_handler``, or 400 for a malformed request) or the client went away.
         """
-        parser = h11.Connection(h11.SERVER)
+        parser = self._http
         raw = bytearray()
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                await self._send_http(parser, HTTPResponse(400, b"bad request\n"))
-                logger.info("bad HTTP request: %s", exc)
-                return None
-            if isinstance(event, h11.Request):
-                break
-            if event is h11.NEED_DATA:
-                data = await self.stream.receive_some(_READ_SIZE)
-                if not data:
-                    return None
-                raw += data
-                parser.receive_data(bytes(data))
-            else:
-                return None
-        headers = {name.lower(): value for name, value in event.headers}
-        if headers.get(b"upgrade", b"").lower() != b"websocket":
-            method, target = event.method.decode("ascii"), event.target.decode("ascii")
-            await self._send_http(parser, http_handler(method, target))
-            return None
         try:
+            event = await self._next_http_event(parser, raw)
+            if not isinstance(event, h11.Request):
+                return None
+            headers = [(name.lower(), value) for name, value in event.headers]
+            if dict(headers).get(b"upgrade", b"").lower() != b"websocket":
+                request = HTTPRequest(
+                    method=event.method.decode("ascii"),
+                    target=event.target.decode("ascii"),
+                    headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
+                    body=await self._read_body(parser, raw),
+                )
+                await self._send_http(parser, await http_handler(request))
+                return None
             self._ws.receive_data(bytes(raw))
-            request = next(
-                (e for e in self._ws.events() if isinstance(e, Request)),
-                None,
+            upgrade = next((e for e in self._ws.events() if isinstance(e, Request)), None)
+            if upgrade is None:
+                return None
+            return ConnectionRequest.from_target(
+                upgrade.target,
+                upgrade.extra_headers,
+                subprotocols=upgrade.subprotocols,
+                client=self.client,
             )
-        except RemoteProtocolError as exc:
-            await self._send_http(parser, HTTPResponse(400, f"{exc}\n".encode()))
+        except (h11.RemoteProtocolError, RemoteProtocolError, YSyncError) as exc:
+            status = exc.http_status if isinstance(exc, YSyncError) else 400
+            logger.info("%s: refusing a bad HTTP request: %s", self.name, exc)
+            await self._send_http(parser, HTTPResponse.text(status, str(exc)))
             return None
-        if request is None:
-            return None
-        parts = urlsplit(request.target)
-        return HandshakeRequest(
-            room=unquote(parts.path.lstrip("/")),
-            query=parts.query,
-            headers=list(request.extra_headers),
-            subprotocols=list(request.subprotocols),
-        )
+
+    async def _next_http_event(self, parser: h11.Connection, raw: bytearray) -> Any:
+        while True:
+            event = parser.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.stream.receive_some(_READ_SIZE)
+            if not data:
+                return None
+            raw += data
+            parser.receive_data(bytes(data))
+
+    async def _read_body(self, parser: h11.Connection, raw: bytearray) -> bytes:
+        body = bytearray()
+        while True:
+            event = await self._next_http_event(parser, raw)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_message_size:
+                    raise MessageTooBigError(f"body larger than {self.max_message_size} bytes")
+            else:
+                return bytes(body)
 
     async def _send_http(self, parser: h11.Connection, response: HTTPResponse) -> None:
-        headers = [
-            (b"content-type", response.content_type),
-            (b"content-length", str(len(response.body)).encode()),
-            (b"connection", b"close"),
-        ]
+        headers = [*response.header_list(), (b"connection", b"close")]
         try:
-            data = parser.send(h11.Response(status_code=response.status, headers=headers))
-            data = (data or b"") + (parser.send(h11.Data(data=response.body)) or b"")
+            data = parser.send(h11.Response(status_code=response.status, headers=headers)) or b""
+            data += parser.send(h11.Data(data=response.body)) or b""
             data += parser.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             data = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        await self.stream.send_all(data)
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
-    async def accept(self, subprotocol: str | None = None) -> None:
+    async def accept(self, subprotocol: str | None = None) -> ServerWebSocket:
         """Complete the upgrade. Extensions such as permessage-deflate are never negotiated:
         compression state is per connection, which would defeat encode-once broadcast."""
         await self.stream.send_all(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        return self
+
+    async def refuse(self, status: int, reason: str) -> None:
+        """Refuse the upgrade with a plain HTTP answer."""
+        await self._send_http(self._http, HTTPResponse.text(status, reason))
 
     # -- sending -------------------------------------------------------------------------
 
-    @property
-    def is_open(self) -> bool:
-        """Whether messages can still be sent."""
-        return self.close_code is None
+    def _serialize(self, message: OutgoingMessage) -> bytes:
+        return message.frame
 
-    @property
-    def buffered_bytes(self) -> int:
-        """Outgoing bytes waiting for the writer."""
-        return self._outgoing.size
-
-    def send(self, message: OutgoingMessage) -> None:
-        """Send or queue a message without blocking; a reader too slow for the buffer is
-        closed."""
-        if self.close_code is not None:
-            return
-        frame = message.frame
-        if self._fd is not None and not self._writing and not self._outgoing.size:
-            frame = self._write_now(frame)
-            if not frame:
-                return
-        if not self._outgoing.put(frame):
-            # It does not read, so it would not read a close frame either: drop it now.
-            self._outgoing.clear()
-            logger.warning("dropping a slow consumer (%d bytes buffered)", self._outgoing.limit)
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
-            self._cancel_scope.cancel()
-
-    def _write_now(self, frame: bytes) -> bytes:
-        """Write what the socket takes without blocking; return the rest for the writer."""
-        assert self._fd is not None
+    def _write_now(self, data: bytes) -> bytes:
+        socket = self._socket
+        if socket is None or self._writing or self._outgoing.size:
+            return data
+        fd = socket.fileno()
+        if fd < 0:
+            return data
         try:
-            written = os.write(self._fd, frame)
-        except BlockingIOError:
-            return frame
+            written = os.write(fd, data)
         except OSError:
-            # A broken connection: let the writer task's send_all meet the error and close.
-            return frame
-        return frame[written:]
+            # Would block, or the connection broke: the writer task meets either.
+            return data
+        self._bytes_written += written
+        return data[written:]
+
+    def _queue_control(self, frame: bytes) -> None:
+        self._bytes_queued += len(frame)
+        if not self._outgoing.put(frame):
+            self._drop_slow_consumer()
 
     def ping(self) -> bool:
         """Send a ping; ``False`` if the previous ping was never answered."""
@@ -338,76 +323,37 @@ class ServerWebSocket:
             return False
         if self.close_code is None:
             self._awaiting_pong = True
-            self._outgoing.put(self._ws.send(Ping(b"")))
+            self._queue_control(self._ws.send(Ping(b"")))
         return True
 
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Start the closing handshake; the connection is dropped if it does not finish in
-        ``close_timeout`` seconds."""
-        if self.close_code is not None:
-            return
-        self.close_code = code
-        self.close_reason = reason
+    def _announce_close(self, code: int, reason: str) -> None:
         if self._ws.state is ConnectionState.OPEN:
-            self._outgoing.put(self._ws.send(CloseConnection(code=code, reason=reason)))
-        self._outgoing.close()
-        self._cancel_scope.deadline = min(
-            self._cancel_scope.deadline, trio.current_time() + self.close_timeout
-        )
+            self._queue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
+
+    async def _write(self, chunks: list[bytes]) -> None:
+        self._writing = True
+        try:
+            await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        finally:
+            self._writing = False
+
+    async def _release(self) -> None:
+        await trio.aclose_forcefully(self.stream)
 
     # -- running -------------------------------------------------------------------------
 
-    async def run(self, on_message: Callable[[bytes], Awaitable[None] | None]) -> None:
-        """Read messages and pass each one to ``on_message`` until the connection closes.
-
-        ``on_message`` may be a plain function (preferred: the room's work is synchronous) or a
-        coroutine function. A text message closes the connection with 1003, an oversized one
-        with 1009 and a malformed frame with 1002; exceptions from ``on_message`` propagate
-        after the connection has been closed with 1011. The stream is closed on return.
-        """
-        try:
-            with self._cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_all)
-                    nursery.start_soon(self._keep_alive)
-                    try:
-                        await self._read_all(on_message)
-                    except BaseException:
-                        self.close(CloseCode.INTERNAL_ERROR, "internal error")
-                        raise
-                    finally:
-                        self.close(CloseCode.NORMAL)
-                    # Let the writer send what is queued (bounded by the close deadline).
-                    await self._written.wait()
-                    nursery.cancel_scope.cancel()
-        finally:
-            await trio.aclose_forcefully(self.stream)
+    def _start_helpers(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._keep_alive)
 
     async def _keep_alive(self) -> None:
         while self.close_code is None:
             await trio.sleep(self.ping_interval)
             if not self.ping():
-                logger.info("closing a connection that did not answer a ping")
+                logger.info("%s: closing a connection that did not answer a ping", self.name)
                 self.close(CloseCode.GOING_AWAY, "ping timeout")
 
-    async def _write_all(self) -> None:
-        while chunks := await self._outgoing.take():
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._writing = True
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._outgoing.clear()
-                self.close_code = self.close_code or CloseCode.GOING_AWAY
-                self._cancel_scope.cancel()
-                return
-            finally:
-                self._writing = False
-        self._written.set()
-
-    async def _read_all(self, on_message: Callable[[bytes], Awaitable[None] | None]) -> None:
-        parts: list[bytes] = []
-        size = 0
+    async def _read_all(self, on_message: MessageHandler) -> None:
+        parts: list[bytes | bytearray] = []
         while True:
             try:
                 data = await self.stream.receive_some(_READ_SIZE)
@@ -415,52 +361,90 @@ class ServerWebSocket:
                 data = b""
             if not data:
                 # The peer is gone: nothing queued can reach it any more.
-                self.close_code = self.close_code or CloseCode.GOING_AWAY
-                self._outgoing.clear()
-                self._cancel_scope.cancel()
+                self._mark_closed(CloseCode.GOING_AWAY)
+                self._scope.cancel()
                 return
+            if self.close_code is None:
+                try:
+                    self._guard.feed(data)
+                except ProtocolError as exc:
+                    self._refuse_input(exc)
+                    await self._discard_input()
+                    return
             self._ws.receive_data(bytes(data))
             for event in self._ws.events():
                 if isinstance(event, BytesMessage):
                     if self.close_code is not None:
                         continue
-                    size += len(event.data)
-                    if size > self.max_message_size:
-                        parts = []
-                        self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                        continue
-                    parts.append(bytes(event.data))
+                    parts.append(event.data)
                     if event.message_finished:
                         message = parts[0] if len(parts) == 1 else b"".join(parts)
-                        parts, size = [], 0
-                        result = on_message(message)
-                        if result is not None:
-                            await result
+                        parts = []
+                        await on_message(bytes(message))
                 elif isinstance(event, Ping):
                     if self.close_code is None:
-                        self._outgoing.put(self._ws.send(event.response()))
+                        self._queue_control(self._ws.send(event.response()))
                 elif isinstance(event, Pong):
                     self._awaiting_pong = False
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # wsproto could not parse a frame: it reports that as a close event.
+                        self._refuse_input(FrameError(event.reason or "invalid frame"))
+                        return
                     self._on_close(event)
-                elif isinstance(event, TextMessage):
-                    self.close(CloseCode.UNSUPPORTED_DATA, "text messages are not supported")
+                elif isinstance(event, TextMessage) and self.close_code is None:
+                    self._refuse_input(UnsupportedMessageError("text messages are not supported"))
             if self._ws.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
+
+    async def _discard_input(self) -> None:
+        # The client may still be sending what it announced. Read and drop it rather than
+        # close the socket under it (which would reset the connection before the client could
+        # read our close frame), until it hangs up or the close deadline passes.
+        try:
+            while await self.stream.receive_some(_READ_SIZE):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     def _on_close(self, event: CloseConnection) -> None:
         if self.close_code is None:
             self.close_code = event.code
             self.close_reason = event.reason or ""
-            # Answer the peer's close (or wsproto's own after a protocol error) and finish.
+            # Answer the peer's close and finish.
             try:
-                self._outgoing.put(self._ws.send(event.response()))
+                self._queue_control(self._ws.send(event.response()))
             except LocalProtocolError:
                 pass
             self._outgoing.close()
-            self._cancel_scope.deadline = min(
-                self._cancel_scope.deadline, trio.current_time() + self.close_timeout
+            self._scope.deadline = min(
+                self._scope.deadline, trio.current_time() + self.close_timeout
             )
         elif self._ws.state is ConnectionState.CLOSED:
             # The peer answered our close: the handshake is complete.
             self._outgoing.close()
+
+
+class WsprotoPendingConnection:
+    """A :class:`~trio_ysync.connection.PendingConnection` over a :class:`ServerWebSocket`
+    whose handshake has been read."""
+
+    __slots__ = ("_request", "websocket")
+
+    def __init__(self, websocket: ServerWebSocket, request: ConnectionRequest) -> None:
+        self.websocket = websocket
+        self._request = request
+
+    @property
+    def request(self) -> ConnectionRequest:
+        """What the client asked for."""
+        return self._request
+
+    async def accept(self) -> ServerWebSocket:
+        """Complete the upgrade."""
+        return await self.websocket.accept()
+
+    async def refuse(self, status: int, reason: str) -> None:
+        """Answer with an HTTP error instead of the upgrade, and close."""
+        await self.websocket.refuse(status, reason)
+        await trio.aclose_forcefully(self.websocket.stream)

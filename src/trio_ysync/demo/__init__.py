@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from urllib.parse import urlsplit
 
-from ..transport import HTTPResponse
+from ..connection import HTTPRequest, HTTPResponse
 
 __all__ = ["PREFIX", "demo_files", "demo_response"]
 
@@ -22,11 +21,13 @@ __all__ = ["PREFIX", "demo_files", "demo_response"]
 PREFIX = "/demo/"
 
 _CONTENT_TYPES = {
-    ".html": b"text/html; charset=utf-8",
-    ".js": b"text/javascript; charset=utf-8",
-    ".css": b"text/css; charset=utf-8",
-    ".txt": b"text/plain; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
 }
+# Browsers revalidate (the files change with the installed version) and never guess types.
+_HEADERS = (("cache-control", "no-cache"), ("x-content-type-options", "nosniff"))
 
 
 @cache
@@ -40,20 +41,20 @@ def demo_files() -> dict[str, HTTPResponse]:
     for entry in resources.files(__name__).joinpath("static").iterdir():
         content_type = _CONTENT_TYPES.get("." + entry.name.rpartition(".")[2])
         if entry.is_file() and content_type is not None:
-            files[entry.name] = HTTPResponse(200, entry.read_bytes(), content_type)
+            files[entry.name] = HTTPResponse(200, entry.read_bytes(), content_type, _HEADERS)
     return files
 
 
-def demo_response(method: str, target: str) -> HTTPResponse | None:
-    """The answer to a plain HTTP request for the demo, or ``None`` if the target is not one.
+def demo_response(request: HTTPRequest) -> HTTPResponse | None:
+    """The answer to a plain HTTP request for the demo, or ``None`` if it is for another path.
 
     ``/demo`` and ``/demo/`` answer with the page (its asset links are absolute); other names
     under ``/demo/`` answer with the shipped file of that name, or 404.
     """
-    path = urlsplit(target).path
+    path = request.path
     if path != PREFIX.rstrip("/") and not path.startswith(PREFIX):
         return None
-    if method != "GET":
-        return HTTPResponse(405, b"the demo answers GET requests only\n")
+    if request.method != "GET":
+        return HTTPResponse.text(405, "the demo answers GET requests only")
     name = path[len(PREFIX) :] or "index.html"
-    return demo_files().get(name) or HTTPResponse(404, b"no such file in the demo\n")
+    return demo_files().get(name) or HTTPResponse.text(404, "no such file in the demo")

@@ -1,4 +1,5 @@
-"""Sans-IO Yjs protocols: lib0 encoding, y-websocket messages, awareness and the sync handshake.
+"""Sans-IO Yjs protocols: lib0 encoding, y-websocket messages, awareness, the sync handshake, and
+validation of updates and state vectors.
 
 Nothing here performs I/O or imports trio, so the codec can be used from any event loop.
 """
@@ -6,10 +7,12 @@ Nothing here performs I/O or imports trio, so the codec can be used from any eve
 from .awareness import OUTDATED_TIMEOUT, RENEW_INTERVAL, Awareness, AwarenessChange
 from .lib0 import MAX_SAFE_INTEGER, Decoder, Encoder, ProtocolError
 from .messages import (
+    DEFAULT_MESSAGE_LIMITS,
     AwarenessEntry,
     AwarenessUpdate,
     JSONValue,
     Message,
+    MessageLimits,
     MessageType,
     PermissionDenied,
     QueryAwareness,
@@ -23,10 +26,22 @@ from .messages import (
     encode,
     encode_awareness_update,
     encode_json,
+    parse_json,
 )
 from .sync import SyncDocument, SyncSession
+from .update import (
+    DEFAULT_UPDATE_LIMITS,
+    MAX_CLOCK,
+    UpdateInfo,
+    UpdateLimits,
+    validate_state_vector,
+    validate_update,
+)
 
 __all__ = [
+    "DEFAULT_MESSAGE_LIMITS",
+    "DEFAULT_UPDATE_LIMITS",
+    "MAX_CLOCK",
     "MAX_SAFE_INTEGER",
     "OUTDATED_TIMEOUT",
     "RENEW_INTERVAL",
@@ -38,6 +53,7 @@ __all__ = [
     "Encoder",
     "JSONValue",
     "Message",
+    "MessageLimits",
     "MessageType",
     "PermissionDenied",
     "ProtocolError",
@@ -49,9 +65,14 @@ __all__ = [
     "SyncStep2",
     "SyncUpdate",
     "UnknownMessage",
+    "UpdateInfo",
+    "UpdateLimits",
     "decode",
     "decode_awareness_update",
     "encode",
     "encode_awareness_update",
     "encode_json",
+    "parse_json",
+    "validate_state_vector",
+    "validate_update",
 ]

@@ -7,7 +7,9 @@ input merely claims.
 
 from __future__ import annotations
 
-__all__ = ["MAX_SAFE_INTEGER", "Decoder", "Encoder", "ProtocolError"]
+from ..errors import ProtocolError
+
+__all__ = ["MAX_SAFE_INTEGER", "Decoder", "Encoder", "ProtocolError", "read_var_uint"]
 
 #: The largest integer lib0 encodes losslessly (JavaScript's ``Number.MAX_SAFE_INTEGER``).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -16,8 +18,47 @@ MAX_SAFE_INTEGER = 2**53 - 1
 _MAX_VAR_UINT_BYTES = 8
 
 
-class ProtocolError(ValueError):
-    """Raised when bytes are not a valid encoding, or a value cannot be encoded."""
+def read_var_uint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Read the varUint starting at ``data[pos]``; return it and the position after it.
+
+    Unrolled, because the update validator (:mod:`.update`) reads several per struct.
+    """
+    try:
+        byte = data[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+        value = byte & 0x7F
+        byte = data[pos + 1]
+        if byte < 0x80:
+            return value | byte << 7, pos + 2
+        value |= (byte & 0x7F) << 7
+        byte = data[pos + 2]
+        if byte < 0x80:
+            return value | byte << 14, pos + 3
+        value |= (byte & 0x7F) << 14
+        byte = data[pos + 3]
+        if byte < 0x80:
+            return value | byte << 21, pos + 4
+        value |= (byte & 0x7F) << 21
+        byte = data[pos + 4]
+        if byte < 0x80:
+            return value | byte << 28, pos + 5
+        value |= (byte & 0x7F) << 28
+        byte = data[pos + 5]
+        if byte < 0x80:
+            return value | byte << 35, pos + 6
+        value |= (byte & 0x7F) << 35
+        byte = data[pos + 6]
+        if byte < 0x80:
+            return value | byte << 42, pos + 7
+        value |= (byte & 0x7F) << 42
+        byte = data[pos + _MAX_VAR_UINT_BYTES - 1]
+    except IndexError:
+        raise ProtocolError("truncated varUint") from None
+    # The eighth group holds bits 49 to 55, of which only four fit in 53 bits.
+    if byte < 0x80 and byte <= MAX_SAFE_INTEGER >> 49:
+        return value | byte << 49, pos + _MAX_VAR_UINT_BYTES
+    raise ProtocolError("varUint exceeds 53 bits")
 
 
 class Encoder:
@@ -76,23 +117,8 @@ class Decoder:
 
     def read_var_uint(self) -> int:
         """Read an unsigned integer of at most 53 bits."""
-        data = self._data
-        pos = self._pos
-        value = 0
-        shift = 0
-        for _ in range(_MAX_VAR_UINT_BYTES):
-            if pos >= len(data):
-                raise ProtocolError("truncated varUint")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                if value > MAX_SAFE_INTEGER:
-                    raise ProtocolError("varUint exceeds 53 bits")
-                self._pos = pos
-                return value
-            shift += 7
-        raise ProtocolError("varUint exceeds 53 bits")
+        value, self._pos = read_var_uint(self._data, self._pos)
+        return value
 
     def read_var_uint8_array(self) -> bytes:
         """Read a length-prefixed byte string."""

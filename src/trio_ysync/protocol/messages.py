@@ -10,16 +10,20 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from .lib0 import Decoder, Encoder, ProtocolError
+from .update import DEFAULT_UPDATE_LIMITS, UpdateLimits, validate_state_vector, validate_update
 
 __all__ = [
     "AwarenessEntry",
     "AwarenessUpdate",
+    "DEFAULT_MESSAGE_LIMITS",
     "JSONValue",
     "Message",
+    "MessageLimits",
     "MessageType",
     "PermissionDenied",
     "QueryAwareness",
@@ -33,6 +37,8 @@ __all__ = [
     "encode",
     "encode_awareness_update",
     "encode_json",
+    "json_depth",
+    "parse_json",
 ]
 
 #: A parsed JSON value, as ``json.loads`` returns it.
@@ -57,6 +63,28 @@ class SyncMessageType(enum.IntEnum):
 
 
 _AUTH_PERMISSION_DENIED = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLimits:
+    """Bounds on what one frame may ask of its receiver, checked while decoding.
+
+    Attributes:
+        max_messages: messages in one frame (y-websocket clients send one per frame).
+        max_awareness_state_bytes: the JSON text of one awareness state, in UTF-8 bytes.
+        max_json_depth: nesting of arrays and objects in an awareness state.
+        update: the bounds every update and state vector is validated against (see
+            :func:`~trio_ysync.protocol.validate_update`).
+    """
+
+    max_messages: int = 1000
+    max_awareness_state_bytes: int = 256 * 1024
+    max_json_depth: int = 64
+    update: UpdateLimits = DEFAULT_UPDATE_LIMITS
+
+
+#: The limits :func:`decode` applies unless told otherwise.
+DEFAULT_MESSAGE_LIMITS = MessageLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +189,45 @@ def _reject_constant(name: str) -> None:
     raise ProtocolError(f"invalid JSON constant {name}")
 
 
-def _parse_json(text: str) -> JSONValue:
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON ``text`` (0 for a scalar)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str, max_depth: int = DEFAULT_MESSAGE_LIMITS.max_json_depth) -> JSONValue:
+    """Parse untrusted JSON text: nesting bounded by ``max_depth``, only values that can be
+    written back as UTF-8 (no lone surrogates), no NaN or Infinity.
+
+    Raises:
+        ProtocolError: the text is not such JSON.
+    """
+    # Counting brackets is a cheap upper bound; only texts that might be too deep are scanned.
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise ProtocolError(f"JSON nested deeper than {max_depth} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         if isinstance(exc, ProtocolError):
             raise
-        raise ProtocolError(f"invalid JSON in awareness state: {exc}") from None
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            encode_json(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("JSON with a lone surrogate cannot be sent on") from None
+    return value
 
 
 def encode_awareness_update(entries: list[AwarenessEntry]) -> bytes:
@@ -181,8 +241,14 @@ def encode_awareness_update(entries: list[AwarenessEntry]) -> bytes:
     return encoder.to_bytes()
 
 
-def decode_awareness_update(payload: bytes) -> list[AwarenessEntry]:
-    """Decode the inner awareness payload written by :func:`encode_awareness_update`."""
+def decode_awareness_update(
+    payload: bytes, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS
+) -> list[AwarenessEntry]:
+    """Decode the inner awareness payload written by :func:`encode_awareness_update`.
+
+    Raises:
+        ProtocolError: the payload is malformed, or a state exceeds ``limits``.
+    """
     decoder = Decoder(payload)
     count = decoder.read_var_uint()
     # Each entry takes at least three bytes, which bounds the count without trusting it.
@@ -192,7 +258,10 @@ def decode_awareness_update(payload: bytes) -> list[AwarenessEntry]:
     for _ in range(count):
         client_id = decoder.read_var_uint()
         clock = decoder.read_var_uint()
-        state = _parse_json(decoder.read_var_string())
+        text = decoder.read_var_string()
+        if len(text) > limits.max_awareness_state_bytes:  # characters: at most the bytes
+            raise ProtocolError(f"awareness state over {limits.max_awareness_state_bytes} bytes")
+        state = parse_json(text, limits.max_json_depth)
         entries.append(AwarenessEntry(client_id, clock, state))
     return entries
 
@@ -234,20 +303,23 @@ def encode(*messages: Message) -> bytes:
     return encoder.to_bytes()
 
 
-def _read(decoder: Decoder) -> Message:
+def _read(decoder: Decoder, limits: MessageLimits) -> Message:
     message_type = decoder.read_var_uint()
     if message_type == MessageType.SYNC:
         sync_type = decoder.read_var_uint()
         payload = decoder.read_var_uint8_array()
         if sync_type == SyncMessageType.STEP1:
+            validate_state_vector(payload, limits.update)
             return SyncStep1(payload)
         if sync_type == SyncMessageType.STEP2:
+            validate_update(payload, limits.update)
             return SyncStep2(payload)
         if sync_type == SyncMessageType.UPDATE:
+            validate_update(payload, limits.update)
             return SyncUpdate(payload)
         raise ProtocolError(f"unknown sync message type {sync_type}")
     if message_type == MessageType.AWARENESS:
-        return AwarenessUpdate(decode_awareness_update(decoder.read_var_uint8_array()))
+        return AwarenessUpdate(decode_awareness_update(decoder.read_var_uint8_array(), limits))
     if message_type == MessageType.QUERY_AWARENESS:
         return QueryAwareness()
     if message_type == MessageType.AUTH:
@@ -258,16 +330,23 @@ def _read(decoder: Decoder) -> Message:
     return UnknownMessage(message_type, decoder.read_rest())
 
 
-def decode(frame: bytes) -> list[Message]:
+def decode(frame: bytes, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> list[Message]:
     """Decode every message in one frame.
 
+    Everything is checked before it is returned, so the messages are safe to act on: updates
+    and state vectors are validated (:func:`~trio_ysync.protocol.validate_update`), awareness
+    states parsed within ``limits``. A frame is accepted or refused as a whole.
+
     Raises:
-        ProtocolError: the frame is empty, truncated or otherwise malformed.
+        ProtocolError: the frame is empty, truncated or otherwise malformed, or exceeds
+            ``limits``.
     """
     decoder = Decoder(frame)
     if decoder.at_end():
         raise ProtocolError("empty frame")
-    messages = []
+    messages: list[Message] = []
     while not decoder.at_end():
-        messages.append(_read(decoder))
+        if len(messages) == limits.max_messages:
+            raise ProtocolError(f"more than {limits.max_messages} messages in one frame")
+        messages.append(_read(decoder, limits))
     return messages

@@ -788,8 +788,10 @@ class Provider:
                 try:
                     messages = decode(data)
                 except ProtocolError as exc:
+                    # Validated like the server validates clients: nothing malformed reaches
+                    # the application's document.
                     logger.warning("provider %s: malformed message: %s", self.url, exc)
-                    await self._abort(conn, 1002, "malformed message")
+                    await self._abort(conn, exc.close_code, "malformed message")
                     return
                 for message in messages:
                     try:

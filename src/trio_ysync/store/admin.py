@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import trio
 
 from ..doc import Backend, new_document
+from ..protocol import validate_update
 from .base import Store
 from .importers import import_ypy_websocket_sqlite
 from .merge import merge_updates
@@ -62,6 +63,7 @@ async def export_room(store: Store, room: str, *, backend: Backend | None = None
 
 
 def _check_update(update: bytes, backend: Backend | None) -> None:
+    validate_update(update)
     new_document(backend).apply_update(update)
 
 
@@ -75,7 +77,7 @@ async def import_room(
 ) -> int:
     """Store ``update`` (for example one made by ``Y.encodeStateAsUpdate``) in a room.
 
-    The update is first checked by applying it to an empty document. By default it is appended,
+    The update is first validated and applied to an empty document. By default it is appended,
     so it merges with what the room holds (Yjs updates combine). With ``replace=True`` it
     replaces the room's log instead, in one atomic compaction.
 
@@ -90,7 +92,8 @@ async def import_room(
         The room's last sequence number.
 
     Raises:
-        DocumentError: the update is malformed (nothing is stored).
+        ProtocolError: the update is malformed (nothing is stored).
+        DocumentError: the document library refused it (nothing is stored).
         StoreError: the update could not be stored.
     """
     update = bytes(update)
@@ -176,7 +179,8 @@ async def import_ypy_websocket(
 
     Raises:
         ValueError: the file is not such a database.
-        DocumentError: a document holds a malformed update (earlier rooms stay imported).
+        ProtocolError: a document holds a malformed update (earlier rooms stay imported).
+        DocumentError: the document library refused one (earlier rooms stay imported).
         StoreError: a room could not be written.
     """
     documents = await trio.to_thread.run_sync(import_ypy_websocket_sqlite, path)

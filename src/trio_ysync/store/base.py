@@ -18,13 +18,15 @@ from typing import ClassVar, TypeVar
 
 import trio
 
+from ..errors import YSyncError
+
 __all__ = ["Store", "StoreError", "StoredRoom"]
 
 _T = TypeVar("_T")
 _StoreT = TypeVar("_StoreT", bound="Store")
 
 
-class StoreError(Exception):
+class StoreError(YSyncError):
     """A store operation failed: what it was asked to write may not be stored.
 
     Raised for I/O and database errors (the original exception is chained as ``__cause__``), for

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable
 
-from ..doc import Backend, DocumentError, new_document
+from ..doc import Backend, contained, new_document
+from ..protocol import validate_update
 
 __all__ = ["merge_updates", "with_pending"]
 
@@ -37,11 +38,13 @@ def merge_updates(updates: Iterable[bytes], backend: Backend | None = None) -> b
         A Yjs v1 update that ``Y.applyUpdate`` accepts.
 
     Raises:
-        DocumentError: an update is malformed.
+        ProtocolError: an update is malformed (see :func:`~trio_ysync.protocol.validate_update`).
+        DocumentError: the document library refused an update.
     """
     updates = [bytes(update) for update in updates]
     doc = new_document(backend)
     for update in updates:
+        validate_update(update)
         doc.apply_update(update)
     return with_pending(doc.diff(), updates)
 
@@ -54,13 +57,14 @@ def with_pending(snapshot: bytes, updates: list[bytes]) -> bytes:
     pycrdt's update merging (no document is built). Without pycrdt, ``snapshot`` is returned.
 
     Raises:
-        DocumentError: an update is malformed.
+        DocumentError: an update is malformed (or the merge failed:
+            :class:`~trio_ysync.doc.DocumentBrokenError`).
     """
     if not updates or importlib.util.find_spec("pycrdt") is None:
         return snapshot
     import pycrdt
 
-    try:
+    def merge() -> bytes:
         # Everything in the log that the document has not integrated: pending structs, and the
         # whole delete set (which includes deletes of pending items).
         state = pycrdt.get_state(snapshot)
@@ -68,10 +72,5 @@ def with_pending(snapshot: bytes, updates: list[bytes]) -> bytes:
         if rest == _EMPTY_UPDATE:
             return snapshot
         return bytes(pycrdt.merge_updates(snapshot, rest))
-    except Exception as exc:
-        raise DocumentError(f"cannot merge updates: {exc}") from exc
-    except BaseException as exc:
-        # A Rust panic surfaces as pyo3's PanicException, a BaseException.
-        if type(exc).__name__ == "PanicException":
-            raise DocumentError(f"cannot merge updates: {exc}") from exc
-        raise
+
+    return contained("merging updates", merge)

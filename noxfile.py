@@ -1,7 +1,12 @@
+<<<<<<< HEAD
 """Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``, ``fuzz``)."""
+=======
+"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``demo``, ``bench``)."""
+>>>>>>> firstten
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -11,20 +16,45 @@ nox.options.default_venv_backend = "venv"
 
 ROOT = Path(__file__).parent
 JS_DIR = ROOT / "tests" / "js"
+DEMO_DIR = ROOT / "examples" / "demo"
+DEMO_STATIC = ROOT / "src" / "trio_ysync" / "demo" / "static"
 
 
-def install_node_packages(session: nox.Session) -> None:
-    """Install the pinned npm packages of the interop tests (yjs, y-websocket, ...)."""
-    with session.chdir(JS_DIR):
+def install_node_packages(session: nox.Session, directory: Path = JS_DIR) -> None:
+    """Install the npm packages pinned by ``directory``'s lockfile (default: the interop
+    tests' yjs, y-websocket, ...)."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        session.error(
+            "Node.js 18 or later with npm is needed (the interop tests run the real yjs and "
+            "y-websocket packages, the demo is built with esbuild): install it, for example "
+            "`apt-get install nodejs npm` on Debian, then run nox again"
+        )
+    with session.chdir(directory):
         session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit, end-to-end and interop tests (the interop tests run real Node clients)."""
+    """Unit, end-to-end, interop and browser tests.
+
+    The interop tests run real Node clients; the demo test runs Debian's chromium (``apt-get
+    install chromium``; skipped with a reason where it is missing, except under CI).
+    """
     session.install("-e", ".[test]")
     install_node_packages(session)
+    install_node_packages(session, DEMO_DIR)  # the check that the shipped bundle is current
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Build the demo editor (examples/demo) into the package with esbuild.
+
+    The output depends only on the sources and package-lock.json; commit it, since the test
+    suite checks that the shipped files are what this session builds.
+    """
+    install_node_packages(session, DEMO_DIR)
+    session.run("node", str(DEMO_DIR / "build.mjs"), str(DEMO_STATIC), external=True)
 
 
 @nox.session
@@ -45,7 +75,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the Sphinx docs, warnings as errors."""
-    session.install("-e", ".", "sphinx>=7")
+    session.install("-e", ".", "sphinx>=7", "sphinx-argparse>=0.5")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 

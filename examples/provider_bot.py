@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import sys
 
 import pycrdt
 import trio
@@ -24,32 +25,40 @@ import trio
 from trio_ysync.provider import ConnectionStatus, open_provider
 
 
-async def run_bot(args: argparse.Namespace) -> None:
+async def run_bot(args: argparse.Namespace) -> str | None:
+    """Run the bot; returns why it gave up, or ``None``."""
     # A 32-bit client ID, as yjs draws them (see docs/documents.rst on y-py and large IDs).
     doc: pycrdt.Doc[pycrdt.Text] = pycrdt.Doc(client_id=secrets.randbits(32))
     text = doc.get(args.text, type=pycrdt.Text)
 
-    with trio.fail_after(args.timeout):
-        async with open_provider(args.url, doc, room=args.room) as provider:
-            # Presence is announced as soon as the connection opens, and renewed every 15 s.
-            provider.awareness.set_local_state({"user": {"name": args.name, "bot": True}})
+    async with open_provider(args.url, doc, room=args.room) as provider:
+        # Presence is announced as soon as the connection opens, and renewed every 15 s.
+        provider.awareness.set_local_state({"user": {"name": args.name, "bot": True}})
+        # The provider retries for ever while the server is down: bound the wait here.
+        with trio.move_on_after(args.timeout):
             await provider.wait_synced()  # the room's content is in `doc` now
-            print(f"joined {provider.room!r} ({provider.status.value}):")
-            for client_id, state in provider.awareness.remote_states.items():
-                print(f"  client {client_id}: {state}")
+        if not provider.synced:
+            return (
+                f"could not sync with {args.url} within {args.timeout:g} s: "
+                f"{provider.last_error or 'no answer'}"
+            )
+        print(f"joined {provider.room!r} ({provider.status.value}):")
+        for client_id, state in provider.awareness.remote_states.items():
+            print(f"  client {client_id}: {state}")
 
-            text += args.line + "\n"  # a local edit: sent to the room right away
-            print("--- text ---")
-            print(str(text), end="")
+        text += args.line + "\n"  # a local edit: sent to the room right away
+        print("--- text ---")
+        print(str(text), end="")
 
-            if args.stay:
-                print(f"--- staying {args.stay} s; edits from others follow ---")
-                doc.observe(lambda event: print("--- text ---\n" + str(text), end=""))
-                with trio.move_on_after(args.stay):
-                    async for status in provider.status_changes():
-                        if status is not ConnectionStatus.CONNECTED:
-                            print(f"[{status.value}]")
-        # Leaving the block sends the awareness removal and closes the connection.
+        if args.stay:
+            print(f"--- staying {args.stay} s; edits from others follow ---")
+            doc.observe(lambda event: print("--- text ---\n" + str(text), end=""))
+            with trio.move_on_after(args.stay):
+                async for status in provider.status_changes():
+                    if status is not ConnectionStatus.CONNECTED:
+                        print(f"[{status.value}]")
+    # Leaving the block sent the awareness removal and closed the connection.
+    return None
 
 
 def main() -> None:
@@ -60,12 +69,15 @@ def main() -> None:
     parser.add_argument("--line", default="Hello from a trio bot!", help="line to append")
     parser.add_argument("--text", default="t", help="name of the shared Y.Text")
     parser.add_argument("--stay", type=float, default=0, help="seconds to stay and watch")
-    parser.add_argument("--timeout", type=float, default=30, help="give up after this long")
+    parser.add_argument(
+        "--timeout", type=float, default=30, help="seconds to wait for the room to sync"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the provider")
     args = parser.parse_args()
-    args.timeout += args.stay
+    # Without -v, the provider's warnings (why a connection attempt failed) still show.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    trio.run(run_bot, args)
+    if failure := trio.run(run_bot, args):
+        sys.exit(f"provider_bot: {failure}")
 
 
 if __name__ == "__main__":

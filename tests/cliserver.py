@@ -44,9 +44,14 @@ async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
 
 @asynccontextmanager
 async def cli_server(
-    *args: str, port: int = 0, capture_stderr: bool = False, stderr: IO[bytes] | None = None
+    *args: str,
+    port: int = 0,
+    capture_stderr: bool = False,
+    stderr: IO[bytes] | None = None,
+    cwd: str | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1; waits until it listens.
+    """``python -m trio_ysync serve --port PORT ARGS...`` on 127.0.0.1 (in ``cwd``); waits until
+    it listens.
 
     The server's standard error goes to ``stderr`` (a file) when given; with
     ``capture_stderr`` it is collected in :attr:`ServerProcess.stderr`; else it goes to ours.
@@ -56,6 +61,7 @@ async def cli_server(
         [*command, "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_stderr and stderr is None else stderr,
+        cwd=cwd,
     )
     try:
         async with trio.open_nursery() as nursery:

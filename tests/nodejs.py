@@ -15,7 +15,6 @@ import under CI (``CI`` set), so CI never silently skips the interop tests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,8 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
+from ci import requires
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -93,25 +92,15 @@ def node_available() -> bool:
     return shutil.which("node") is not None and not _missing_packages()
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _skip_reason() -> str | None:
+def _missing() -> str | None:
     if shutil.which("node") is None:
-        reason = "node is not on PATH"
-    elif missing := _missing_packages():
-        reason = f"npm packages missing in {NODE_DIR} ({', '.join(missing)}): run `npm ci` there"
-    else:
-        return None
-    if _in_ci():
-        # A skip would let CI pass without a single interop test: fail at collection instead.
-        raise NodeUnavailableError(f"{reason}; CI must run the Node.js interop tests")
-    return reason
+        return "node is not on PATH (install Node.js 18 or later)"
+    if missing := _missing_packages():
+        return f"npm packages missing in {NODE_DIR} ({', '.join(missing)}): run `npm ci` there"
+    return None
 
 
-_SKIP_REASON = _skip_reason()
-requires_node = pytest.mark.skipif(_SKIP_REASON is not None, reason=_SKIP_REASON or "")
+requires_node = requires(_missing(), "Node.js interop tests")
 
 
 def ws_url(port: int) -> str:

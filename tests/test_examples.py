@@ -53,3 +53,26 @@ async def test_embedded_server_example_serves_and_stops_on_ctrl_c() -> None:
             assert await client.close_code() == 1001
         assert await process.wait() == 0
     await process.stderr.aclose()
+
+
+async def test_provider_bot_on_an_unreachable_server_says_why_in_two_lines() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    script = str(EXAMPLES / "provider_bot.py")
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, script, f"ws://127.0.0.1:{port}", "room", "--timeout", "1"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert "Traceback" not in result.stderr.decode()
+    # The provider's warning for the first failed attempt, then the bot's own conclusion.
+    assert lines == [
+        f"WARNING:trio_ysync.provider:provider ws://127.0.0.1:{port}/room: cannot connect "
+        "(attempt 1, retrying): connection refused",
+        f"provider_bot: could not sync with ws://127.0.0.1:{port} within 1 s: connection refused",
+    ]

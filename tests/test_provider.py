@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
+import logging
 import random
 import ssl
 import tempfile
@@ -457,7 +458,6 @@ async def test_remote_updates_are_applied_with_the_provider_as_origin(
 async def test_burst_of_edits_is_merged(
     autojump_clock: trio.testing.MockClock, room_server: FakeServer, backend: str
 ) -> None:
-    pytest.importorskip("pycrdt")
     room = room_server.room
     assert room is not None
     doc = new_document(backend)  # type: ignore[arg-type]
@@ -1174,7 +1174,17 @@ async def test_real_socket_headers_query_and_subprotocols() -> None:
     assert request.proposed_subprotocols == ("yjs",)
 
 
-async def test_real_socket_refused_connection_is_retried() -> None:
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """The level and message of each logged failed connection attempt."""
+    return [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.name == "trio_ysync.provider" and "cannot connect" in record.getMessage()
+    ]
+
+
+async def test_real_socket_refused_connection_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "trio_ysync.provider")
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -1184,7 +1194,20 @@ async def test_real_socket_refused_connection_is_retried() -> None:
             f"ws://127.0.0.1:{port}", new_document("pycrdt"), backoff=Backoff(0.01, 0.02)
         ) as provider:
             seen = await count_attempts(provider, 3)
+            # wait_synced waits for ever; the caller bounds it and reads why.
+            with trio.move_on_after(0.05):
+                await provider.wait_synced()
+            assert provider.last_error == "connection refused"
     assert S.CONNECTED not in seen
+    attempts = failed_attempts(caplog)
+    # One WARNING when the failure starts, INFO while it repeats: one line each, no traceback.
+    assert attempts[0] == (
+        logging.WARNING,
+        f"provider ws://127.0.0.1:{port}: cannot connect (attempt 1, retrying): connection refused",
+    )
+    assert len(attempts) >= 2
+    assert {level for level, _ in attempts[1:]} == {logging.INFO}
+    assert all(record.exc_info is None for record in caplog.records)
 
 
 def _self_signed_context() -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -1297,6 +1320,7 @@ async def test_rejected_handshake_is_retried() -> None:
             ) as provider,
         ):
             seen = await count_attempts(provider, 3)
+            assert provider.last_error == "the server refused the WebSocket upgrade (HTTP 403)"
     assert S.CONNECTED not in seen
     assert rejected >= 2
 
@@ -1315,6 +1339,8 @@ async def test_untrusted_certificate_is_retried() -> None:
             ) as provider,
         ):
             seen = await count_attempts(provider, 3)
+            assert provider.last_error is not None
+            assert provider.last_error.startswith("TLS error: CERTIFICATE_VERIFY_FAILED")
     assert S.CONNECTED not in seen
 
 

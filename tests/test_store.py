@@ -484,7 +484,6 @@ def test_merge_updates_is_content_identical(backend: Backend) -> None:
 
 def test_merge_updates_keeps_updates_waiting_for_dependencies(backend: Backend) -> None:
     """An update whose predecessor is missing survives merging (a document would drop it)."""
-    pytest.importorskip("pycrdt")
     first, second = edits(backend, ["abc", "def"])[0]
     merged = merge_updates([second], backend)
     assert text_of([merged], backend) == ""
@@ -595,7 +594,6 @@ _KILLED_WRITER = textwrap.dedent(
 async def test_acknowledged_appends_survive_a_killed_process(
     durable_kind: str, durable_factory: StoreFactory, tmp_path: Path
 ) -> None:
-    pytest.importorskip("pycrdt")
     store = durable_factory()
     if isinstance(store, RedisStore):
         args = [store.url, store.prefix]

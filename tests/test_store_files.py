@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from permissions import requires_enforced_permissions
 
 from trio_ysync.store import FileStore, StoreError, room_filename
 from trio_ysync.store import files as files_module
@@ -280,23 +281,11 @@ async def test_room_path_taken_by_a_directory_raises(tmp_path: Path) -> None:
             await store.load("room")
 
 
-def permissions_enforced(directory: Path) -> bool:
-    """Whether a read-only ``directory`` really refuses writes (not for root)."""
-    try:
-        (directory / "probe").write_bytes(b"")
-    except PermissionError:
-        return True
-    (directory / "probe").unlink()
-    return False
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@requires_enforced_permissions
 async def test_read_only_directory_raises(tmp_path: Path) -> None:
     await write_batches(tmp_path)
     tmp_path.chmod(0o500)
     try:
-        if not permissions_enforced(tmp_path):
-            pytest.skip("permissions are not enforced for this user (root)")
         async with FileStore(tmp_path) as store:
             with pytest.raises(StoreError, match="Permission denied"):
                 await store.append("new room", [b"x"])
@@ -321,4 +310,16 @@ async def test_one_store_per_directory(tmp_path: Path) -> None:
             async with FileStore(tmp_path):
                 pass
     async with FileStore(tmp_path) as store:  # released on close
+        await store.append("r", [b"x"])
+
+
+async def test_a_missing_parent_directory_is_not_created(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"directory .*typo does not exist"):
+        async with FileStore(tmp_path / "typo" / "rooms"):
+            pass
+    with pytest.raises(StoreError, match="no store at"):
+        async with FileStore(tmp_path / "rooms", create=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+    async with FileStore(tmp_path / "rooms") as store:  # its own directory is created
         await store.append("r", [b"x"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
+from permissions import requires_enforced_permissions
 from ydocs import insert_text
 
 from trio_ysync.doc import Backend, new_document
@@ -194,19 +194,13 @@ async def test_unopenable_path_raises(tmp_path: Path) -> None:
             pass
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@requires_enforced_permissions
 async def test_read_only_database_raises(tmp_path: Path) -> None:
     path = tmp_path / "rooms.db"
     async with SQLiteStore(path) as store:
         await store.append("r", [b"one"])
     path.chmod(0o400)
     try:
-        try:
-            path.open("r+b").close()
-        except PermissionError:
-            pass
-        else:
-            pytest.skip("permissions are not enforced for this user (root)")
         with pytest.raises(StoreError, match="readonly"):
             async with SQLiteStore(path) as store:
                 await store.append("r", [b"two"])
@@ -228,3 +222,26 @@ async def test_delete_and_compaction_return_space(tmp_path: Path) -> None:
         await store.append("r", [b"x"])
         await store.delete("big")
     assert path.stat().st_size < full / 10  # the WAL was checkpointed into a smaller file
+
+
+async def test_a_reader_does_not_create_a_missing_database(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    with pytest.raises(StoreError, match="no store at"):
+        async with SQLiteStore(path, create=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_open_errors_say_why(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"directory .*missing does not exist"):
+        async with SQLiteStore(tmp_path / "missing" / "rooms.db"):
+            pass
+    (tmp_path / "junk.db").write_bytes(b"this is no database, " * 100)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        async with SQLiteStore(tmp_path / "junk.db"):
+            pass
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="is a directory"):
+        async with SQLiteStore(tmp_path / "dir.db"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.db", "junk.db"]

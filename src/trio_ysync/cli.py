@@ -1,41 +1,155 @@
-"""The ``trio-ysync`` command: ``serve`` runs a room server, ``store`` manages stored rooms."""
+"""The ``trio-ysync`` command: ``serve`` runs a room server, ``store`` manages stored rooms.
+
+Operator mistakes end in one line on standard error and exit status 2 (the command line is
+wrong) or 1 (it could not be carried out); ``--debug`` shows the traceback instead. Errors are
+turned into those lines in one place, :func:`main`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, NoReturn
 
 import trio
 
 from . import __version__
+from .errors import DocumentError, ProtocolError
+from .store import Store, StoreError, admin, open_store
 
-__all__ = ["main"]
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 logger = logging.getLogger("trio_ysync.cli")
 
-#: The store of ``serve`` when none is named: an SQLite file in the current directory.
+#: The store of ``serve`` and ``store`` when none is named: an SQLite file in this directory.
 DEFAULT_STORE = "trio-ysync.db"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_DESCRIPTION = (
+    "Serve Yjs rooms to y-websocket clients (serve) and inspect or maintain the stored rooms "
+    "(store). Run 'trio-ysync COMMAND --help' for a command's options."
+)
+
+
+class CommandError(Exception):
+    """The command could not be carried out (exit status 1); the message says what to do."""
+
+    exit_status = 1
+
+
+class UsageError(CommandError):
+    """The command line asks for something impossible (exit status 2)."""
+
+    exit_status = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- argument types -----------------------------------------------------------------------
+
+
+def _number_type(
+    convert: Callable[[str], Any], check: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_port_number = _number_type(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
+_positive_size = _number_type(int, lambda n: n > 0, "a positive number of bytes")
+_seconds = _number_type(float, lambda s: 0 <= s < float("inf"), "a number of seconds >= 0")
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted before and after the command name (only the top level has defaults,
+    so an option given after the command is not overwritten by one left out)."""
+    default: Any = argparse.SUPPRESS
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO" if defaults else default,
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (default: INFO)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if defaults else default,
+        help="show the full traceback of an error",
+    )
+
+
+def _add_store_option(parser: argparse.ArgumentParser, *, defaults: bool, help: str) -> None:
+    parser.add_argument(
+        "--store",
+        default=DEFAULT_STORE if defaults else argparse.SUPPRESS,
+        help=f"{help} (default: {DEFAULT_STORE})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line parser."""
-    parser = argparse.ArgumentParser(prog="trio-ysync", description=__doc__)
+    """The command line parser (also rendered as the CLI reference of the documentation)."""
+    parser = _Parser(prog="trio-ysync", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"trio-ysync {__version__}")
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    _add_common_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run a y-websocket room server")
+    serve = commands.add_parser(
+        "serve",
+        help="run a y-websocket room server",
+        description="Run a room server that y-websocket clients connect to at "
+        "ws://HOST:PORT/ROOM. Ctrl+C or SIGTERM stops it gracefully.",
+    )
+    _add_common_options(serve, defaults=False)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=1234, help="port to bind (default: 1234)")
     serve.add_argument(
-        "--store",
-        default=DEFAULT_STORE,
-        help=f"where rooms are kept: a .db/.sqlite file (SQLite), a directory (one file per "
-        f"room) or 'memory' (nothing kept) (default: {DEFAULT_STORE})",
+        "--port",
+        type=_port_number,
+        default=1234,
+        help="port to bind, 0 for any free port (default: 1234)",
+    )
+    _add_store_option(
+        serve,
+        defaults=True,
+        help="where rooms are kept: a .db/.sqlite file (SQLite), a directory ending in '/' "
+        "(one file per room) or 'memory' (nothing kept)",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="also serve a collaborative demo editor at http://HOST:PORT/demo/",
     )
     serve.add_argument(
         "--fsync",
@@ -50,114 +164,288 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-message-size",
-        type=int,
+        type=_positive_size,
         default=64 * 1024 * 1024,
-        help="largest accepted message in bytes (default: 64 MiB)",
+        metavar="BYTES",
+        help="largest accepted message (default: 64 MiB)",
     )
     serve.add_argument(
         "--max-buffered-bytes",
-        type=int,
+        type=_positive_size,
         default=64 * 1024 * 1024,
+        metavar="BYTES",
         help="unread bytes after which a slow client is disconnected (default: 64 MiB)",
     )
     serve.add_argument(
         "--room-grace-period",
-        type=float,
+        type=_seconds,
         default=10.0,
-        help="seconds a room stays loaded after its last client left (default: 10)",
+        metavar="SECONDS",
+        help="how long a room stays loaded after its last client left (default: 10)",
     )
-    store = commands.add_parser("store", help="inspect and maintain a store")
-    store.add_argument(
-        "--store", default=DEFAULT_STORE, help=f"the store (default: {DEFAULT_STORE})"
+
+    store = commands.add_parser(
+        "store",
+        help="inspect and maintain a store",
+        description="Inspect and maintain the rooms of a store. --store may be given before "
+        "or after the store command.",
     )
-    store_commands = store.add_subparsers(dest="store_command", required=True)
-    store_commands.add_parser("list", help="list the stored rooms")
-    export = store_commands.add_parser("export", help="write a room as one Yjs update")
+    _add_common_options(store, defaults=False)
+    store_help = "the store: a .db/.sqlite file or a directory ending in '/'"
+    _add_store_option(store, defaults=True, help=store_help)
+    store_commands = store.add_subparsers(
+        dest="store_command", required=True, metavar="STORE_COMMAND"
+    )
+
+    def store_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = store_commands.add_parser(name, help=help, description=help[0].upper() + help[1:])
+        _add_common_options(command, defaults=False)
+        _add_store_option(command, defaults=False, help=store_help)
+        return command
+
+    store_command("list", "list the stored rooms")
+    export = store_command("export", "write a room as one Yjs update")
     export.add_argument("room")
-    export.add_argument("-o", "--output", help="file to write (default: standard output)")
-    import_ = store_commands.add_parser("import", help="store a Yjs update in a room")
+    export.add_argument(
+        "-o", "--output", help="file to write (default: standard output, if not a terminal)"
+    )
+    import_ = store_command("import", "store a Yjs update in a room (the store is created)")
     import_.add_argument("room")
     import_.add_argument("file", help="a binary Yjs update ('-' for standard input)")
     import_.add_argument(
         "--replace", action="store_true", help="replace the room's content instead of merging"
     )
-    store_commands.add_parser("compact", help="merge every room's log into one update")
-    import_ypy = store_commands.add_parser(
-        "import-ypy", help="copy the rooms of a ypy-websocket / pycrdt-websocket SQLite database"
+    store_command("compact", "merge every room's log into one update")
+    import_ypy = store_command(
+        "import-ypy",
+        "copy the rooms of a ypy-websocket / pycrdt-websocket SQLite database "
+        "(the store is created)",
     )
     import_ypy.add_argument("database")
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    from .server import RoomServer, shutdown_on_signals
-    from .store import open_store
+# -- serve --------------------------------------------------------------------------------
 
-    store = open_store(args.store, fsync=args.fsync)
+
+def _listen_error(host: str, port: int, exc: OSError) -> CommandError:
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return UsageError(
+            f"cannot listen on {host!r}: not an address or a host name this machine knows "
+            "(use an IP address such as 127.0.0.1 or 0.0.0.0)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return CommandError(
+            f"cannot listen on {where}: the port is in use (is another server running? "
+            "choose another --port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(
+            f"cannot listen on {where}: {host} is not an address of this machine "
+            "(use 127.0.0.1, 0.0.0.0 or one of its addresses)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return CommandError(
+            f"cannot listen on {where}: permission denied (ports below 1024 need "
+            "privileges: choose a --port above 1023)"
+        )
+    return CommandError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
+    from .server import RoomServer, shutdown_on_signals
+
+    store = _open_store(args.store, fsync=args.fsync)
     server = RoomServer(
         store,
         max_message_size=args.max_message_size,
         max_buffered_bytes=args.max_buffered_bytes,
         room_grace_period=args.room_grace_period,
         broadcast_before_commit=args.broadcast_before_commit,
+        demo=args.demo,
     )
-    async with store, trio.open_nursery() as nursery:
-        port = await nursery.start(server.serve, args.host, args.port)
+    # The port is bound before the store opens, so a server that cannot listen creates no
+    # file; the store closes after the server has flushed its rooms.
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        try:
+            port = await nursery.start(server.serve, args.host, args.port)
+        except BaseException as exc:
+            error = _single_error(exc)
+            if isinstance(error, OSError):
+                raise _listen_error(args.host, args.port, error) from error
+            raise
+        await stack.enter_async_context(store)
         logger.info("store: %r", store)
-        print(f"trio-ysync serving ws://{args.host}:{port}/<room>", flush=True)
+        base = f"{_url_host(args.host)}:{port}"
+        print(f"trio-ysync serving ws://{base}/<room>", flush=True)
+        if args.demo:
+            print(f"demo editor: http://{base}/demo/", flush=True)
+        started()
         await shutdown_on_signals(server)
 
 
-async def _store_command(args: argparse.Namespace) -> int:
-    from .store import admin, open_store
+# -- store commands -----------------------------------------------------------------------
 
-    async with open_store(args.store) as store:
-        command = args.store_command
-        if command == "list":
-            for room in sorted(await store.list_rooms()):
-                print(room)
-        elif command == "export":
-            update = await admin.export_room(store, args.room)
-            if args.output:
-                await trio.Path(args.output).write_bytes(update)
-            else:
-                sys.stdout.buffer.write(update)
-                sys.stdout.flush()
-        elif command == "import":
-            if args.file == "-":
-                update = sys.stdin.buffer.read()
-            else:
-                update = await trio.Path(args.file).read_bytes()
-            await admin.import_room(store, args.room, update, replace=args.replace)
-            print(f"imported {len(update)} bytes into {args.room!r}")
-        elif command == "compact":
-            for result in await admin.compact_all(store):
-                print(
-                    f"{result.room}: {result.entries_before} entries, "
-                    f"{result.size_before} -> {result.size_after} bytes"
-                )
-        elif command == "import-ypy":
-            for room in await admin.import_ypy_websocket(store, args.database):
-                print(f"imported {room}")
-    return 0
+
+def _open_store(spec: str, **options: Any) -> Store:
+    try:
+        return open_store(spec, **options)
+    except ValueError as exc:
+        raise UsageError(f"--store: {exc}") from exc
+
+
+async def _list(store: Store, args: argparse.Namespace) -> None:
+    rooms = await store.list_rooms()
+    for room in rooms:
+        print(room)
+    if not rooms:
+        print(f"no rooms in {args.store}", file=sys.stderr)
+
+
+async def _export(store: Store, args: argparse.Namespace) -> None:
+    if not args.output and sys.stdout.isatty():
+        raise UsageError(
+            "not writing a binary update to a terminal: give -o FILE or redirect the output "
+            "(trio-ysync store export ROOM > ROOM.bin)"
+        )
+    update = await admin.export_room(store, args.room)
+    if args.output:
+        await trio.Path(args.output).write_bytes(update)
+    else:
+        sys.stdout.buffer.write(update)
+        sys.stdout.flush()
+
+
+async def _import(store: Store, args: argparse.Namespace) -> None:
+    if args.file == "-":
+        update = sys.stdin.buffer.read()
+    else:
+        update = await trio.Path(args.file).read_bytes()
+    await admin.import_room(store, args.room, update, replace=args.replace)
+    print(f"imported {len(update)} bytes into {args.room!r}")
+
+
+async def _compact(store: Store, args: argparse.Namespace) -> None:
+    results = await admin.compact_all(store)
+    for result in results:
+        print(
+            f"{result.room}: {result.entries_before} entries, "
+            f"{result.size_before} -> {result.size_after} bytes"
+        )
+    if not results:
+        print("nothing to compact: every room's log is one entry already")
+
+
+async def _import_ypy(store: Store, args: argparse.Namespace) -> None:
+    rooms = await admin.import_ypy_websocket(store, args.database)
+    for room in rooms:
+        print(f"imported {room}")
+    if not rooms:
+        print(f"{args.database} holds no documents: nothing imported")
+
+
+_STORE_COMMANDS: dict[str, Callable[[Store, argparse.Namespace], Awaitable[None]]] = {
+    "list": _list,
+    "export": _export,
+    "import": _import,
+    "compact": _compact,
+    "import-ypy": _import_ypy,
+}
+#: The store commands that may create the store; the others fail on a missing one.
+_CREATING_COMMANDS = ("import", "import-ypy")
+
+
+async def _store_command(args: argparse.Namespace) -> None:
+    # The store opens at its first operation, after the command checked its input, so a
+    # failed import creates no file; and reading a mistyped path creates no empty store.
+    store = _open_store(args.store, create=args.store_command in _CREATING_COMMANDS)
+    try:
+        await _STORE_COMMANDS[args.store_command](store, args)
+    finally:
+        await store.aclose()
+
+
+# -- the error boundary -------------------------------------------------------------------
+
+
+def _single_error(exc: BaseException) -> BaseException:
+    """The one real error inside (nested) exception groups, or ``exc`` itself.
+
+    Trio wraps errors of nursery tasks in groups; an operator needs the error, not the tree.
+    Cancellations caused by the error are left out.
+    """
+    while isinstance(exc, BaseExceptionGroup):
+        inner: list[BaseException] = [
+            e for e in exc.exceptions if not isinstance(e, trio.Cancelled)
+        ]
+        if len(inner) != 1:
+            break
+        exc = inner[0]
+    error: BaseException = exc
+    return error
+
+
+def _describe(exc: BaseException) -> tuple[str, int]:
+    """The message and the exit status for an error that ended the command."""
+    if isinstance(exc, CommandError):
+        return str(exc), exc.exit_status
+    if isinstance(exc, StoreError):
+        return str(exc), 1
+    if isinstance(exc, LookupError):  # an unknown room
+        return str(exc.args[0] if exc.args else exc), 1
+    if isinstance(exc, (DocumentError, ProtocolError)):
+        return f"not a valid Yjs update: {exc}", 1
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}", 1
+    if isinstance(exc, ValueError):
+        return str(exc), 1
+    return f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)", 1
+
+
+def _configure_logging(level: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args: argparse.Namespace | None = None
+    handler: logging.Handler | None = None
     try:
+        args = build_parser().parse_args(argv)
+        handler = _configure_logging(args.log_level)
         if args.command == "serve":
-            trio.run(_serve, args)
-            return 0
-        return trio.run(_store_command, args)
-    except LookupError as exc:
-        print(f"trio-ysync: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"trio-ysync: {exc}", file=sys.stderr)
-        return 1
+            # Startup is quiet unless it fails: the log starts once the server is up.
+            if not args.debug:
+                handler.setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+            trio.run(_serve, args, lambda: handler.setLevel(args.log_level))
+        else:
+            trio.run(_store_command, args)
+        return 0
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if args is not None and args.debug:
+            raise
+        error = _single_error(exc)
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        message, status = _describe(error)
+        one_line = " ".join(message.split())
+        print(f"trio-ysync: error: {one_line}", file=sys.stderr)
+        return status
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)

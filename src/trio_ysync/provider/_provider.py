@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import os
 import random
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -17,6 +19,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     wrap_client_stream,
@@ -377,6 +380,9 @@ class Provider:
         self.permission_denied: str | None = None
         #: The close code and reason of the last connection the server closed, if any.
         self.last_close: tuple[int, str] | None = None
+        #: Why the last connection attempt failed (``"connection refused"``, ...), or ``None``
+        #: once a connection opened. Each failure is also logged (see :meth:`wait_synced`).
+        self.last_error: str | None = None
         self._status = ConnectionStatus.DISCONNECTED
         self._status_feed: Feed[ConnectionStatus] = Feed(maxlen=32)
         self._synced = False
@@ -424,8 +430,18 @@ class Provider:
     async def wait_synced(self) -> None:
         """Return once the document is synced with the server on the current connection.
 
-        Returns at once if it already is; otherwise waits for the server's SyncStep2 (across
-        reconnects).
+        Returns at once if it already is; otherwise waits for the server's SyncStep2, across
+        reconnects, for as long as it takes: a provider keeps trying while the server is down.
+        Bound the wait the trio way, and say why it failed with :attr:`last_error`::
+
+            with trio.move_on_after(10):
+                await provider.wait_synced()
+            if not provider.synced:
+                raise SystemExit(f"cannot reach the server: {provider.last_error}")
+
+        Every failed connection attempt is also logged on the ``trio_ysync.provider`` logger
+        (a WARNING when a failure starts or its reason changes, INFO while it repeats), so a
+        program without logging set up shows why it waits on standard error.
 
         Raises:
             trio.ClosedResourceError: the provider stopped before it synced.
@@ -638,6 +654,7 @@ class Provider:
         """One connection attempt: connect, sync until the connection ends."""
         self._set_status(ConnectionStatus.CONNECTING)
         close: tuple[int, str] | None = None
+        opened = False
         with trio.CancelScope() as scope:
             self._attempt_scope = scope
             try:
@@ -647,15 +664,17 @@ class Provider:
                     logger.warning("provider %s: params/headers failed", self.url, exc_info=True)
                     return
                 async with self._websocket_factory(url, headers) as ws:
+                    opened = True
+                    self._connection_opened()
                     close = await self._connected(ws)
             except _TRANSPORT_ERRORS as exc:
-                logger.info("provider %s: connection failed: %r", self.url, exc)
+                self._connection_failed(exc, opened)
             except BaseExceptionGroup as group:
                 # Errors of trio-websocket's reader task (a rejected handshake) come in a group.
-                rest = group.split(_TRANSPORT_ERRORS)[1]
-                if rest is not None:
+                matched, rest = group.split(_TRANSPORT_ERRORS)
+                if rest is not None or matched is None:
                     raise
-                logger.info("provider %s: connection failed: %r", self.url, group)
+                self._connection_failed(_first_leaf(matched), opened)
             finally:
                 self._attempt_scope = None
                 self._disconnected()
@@ -664,6 +683,28 @@ class Provider:
             self.last_close = close
             if not self._closing and not self.should_reconnect(code, reason):
                 raise PermanentDisconnect(code, reason, self.permission_denied)
+
+    def _connection_opened(self) -> None:
+        if self.last_error is not None:
+            logger.info("provider %s: connected after %d failed attempts", self.url, self._failures)
+        self.last_error = None
+
+    def _connection_failed(self, exc: BaseException, opened: bool) -> None:
+        """Log why an attempt failed (one line, no traceback) and remember it."""
+        reason = describe_connection_error(exc)
+        if opened:
+            logger.info("provider %s: connection lost: %s", self.url, reason)
+            return
+        # WARNING when a failure starts or changes; INFO while the same one repeats.
+        level = logging.INFO if reason == self.last_error else logging.WARNING
+        self.last_error = reason
+        logger.log(
+            level,
+            "provider %s: cannot connect (attempt %d, retrying): %s",
+            _build_url(self.url, self.room, None),
+            self._failures + 1,
+            reason,
+        )
 
     def _disconnected(self) -> None:
         self._conn = None
@@ -858,6 +899,43 @@ class Provider:
             await trio.sleep(interval)
             conn.resync = True
             conn.wake()
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """Why a connection attempt failed, in a few words (:attr:`Provider.last_error`)."""
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        return describe_connection_error(exc.__cause__)  # a TLS error, for example
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out (connect_timeout)"
+    if isinstance(exc, ConnectionRejected):
+        return f"the server refused the WebSocket upgrade (HTTP {exc.status_code})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, OSError):
+        if exc.errno is not None and exc.errno > 0:
+            text = os.strerror(exc.errno)
+            return text[0].lower() + text[1:]
+        # trio.open_tcp_stream raises one OSError for all the addresses it tried.
+        causes = {describe_connection_error(cause) for cause in _causes(exc)}
+        if len(causes) == 1:
+            return causes.pop()
+    return str(exc) or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return list(cause.exceptions)
+    return [cause] if cause is not None else []
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -9,6 +9,8 @@ adds a batch of entries in one durable commit and returns the new last sequence 
 from __future__ import annotations
 
 import abc
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -51,6 +53,34 @@ class StoredRoom:
     def first_seq(self) -> int:
         """The sequence number of the first entry (``last_seq + 1`` when there is none)."""
         return self.last_seq - len(self.updates) + 1
+
+
+def path_problem(path: str, *, directory: bool) -> str | None:
+    """Why ``path`` cannot be used as a store's file (or ``directory``), in an operator's words.
+
+    Looks at the file system, since SQLite's own errors never say why a file could not be
+    opened. ``None`` when nothing wrong is visible (the caller then reports the original error).
+    """
+    absolute = os.path.abspath(path)
+    parent = os.path.dirname(absolute)
+    try:
+        if not stat.S_ISDIR(os.stat(parent).st_mode):
+            return f"{parent} is not a directory"
+    except FileNotFoundError:
+        return f"the directory {parent} does not exist"
+    except NotADirectoryError:
+        return f"a part of {parent} is not a directory"
+    except PermissionError:
+        return f"permission denied: this user cannot reach {parent}"
+    if os.path.isdir(absolute) != directory and os.path.exists(absolute):
+        return f"{path} is a directory" if not directory else f"{path} is not a directory"
+    wanted = os.R_OK | os.W_OK | (os.X_OK if directory else 0)
+    if os.path.exists(absolute):
+        if not os.access(absolute, wanted):
+            return f"permission denied: this user cannot read and write {path}"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"permission denied: this user cannot create files in {parent}"
+    return None
 
 
 def check_room(room: str) -> None:

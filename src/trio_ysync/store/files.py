@@ -25,7 +25,15 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import StoredRoom, StoreError, ThreadedStore, check_room, check_updates, compaction_count
+from .base import (
+    StoredRoom,
+    StoreError,
+    ThreadedStore,
+    check_room,
+    check_updates,
+    compaction_count,
+    path_problem,
+)
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "SUFFIX", "FileStore", "room_filename"]
 
@@ -216,14 +224,20 @@ class FileStore(ThreadedStore):
     may use a directory: the store holds an advisory lock file in it (on POSIX systems).
 
     Args:
-        directory: The directory of the room files (created if missing).
+        directory: The directory of the room files. If missing, it is created (but not its
+            parent: a mistyped path fails instead of growing a tree of directories).
         fsync: Make every commit durable against power loss.
+        create: Create the directory if it does not exist; with ``False`` a missing directory
+            is a :class:`~trio_ysync.store.StoreError` (for tools that only read a store).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, fsync: bool = False, create: bool = True
+    ) -> None:
         super().__init__()
         self.directory = os.fspath(directory)
         self.fsync = fsync
+        self.create = create
         self._states: dict[str, _RoomState] = {}
         self._lock_fd: int | None = None
 
@@ -233,8 +247,19 @@ class FileStore(ThreadedStore):
     # -- opening and closing ------------------------------------------------------------------
 
     def _open_sync(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        self._lock_directory()
+        if not os.path.isdir(self.directory):
+            if not self.create:
+                raise StoreError(f"no store at {self.directory}: the directory does not exist")
+            try:
+                os.mkdir(self.directory)
+            except OSError as exc:
+                problem = path_problem(self.directory, directory=True) or exc.strerror or exc
+                raise StoreError(f"cannot create {self.directory}: {problem}") from exc
+        try:
+            self._lock_directory()
+        except OSError as exc:
+            problem = path_problem(self.directory, directory=True) or exc.strerror or exc
+            raise StoreError(f"cannot open {self.directory}: {problem}") from exc
         for entry in os.scandir(self.directory):
             # Left by a crash while a file was being created or compacted; never renamed.
             if entry.name.endswith(SUFFIX + _TMP):

@@ -13,6 +13,7 @@ mark existed, had only ``updates(room, seq, data)``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,7 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import ClassVar
 
-from .base import StoredRoom, StoreError, ThreadedStore, check_room, check_updates, compaction_count
+from .base import (
+    StoredRoom,
+    StoreError,
+    ThreadedStore,
+    check_room,
+    check_updates,
+    compaction_count,
+    path_problem,
+)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -106,16 +115,24 @@ class SQLiteStore(ThreadedStore):
         path: The database file.
         fsync: Make every commit durable against power loss.
         timeout: How many seconds to wait for another process's lock before failing.
+        create: Create the file if it does not exist; with ``False`` a missing file is a
+            :class:`~trio_ysync.store.StoreError` (for tools that only read a store).
     """
 
     _wrapped_errors: ClassVar[tuple[type[Exception], ...]] = (OSError, sqlite3.Error)
 
     def __init__(
-        self, path: str | os.PathLike[str], *, fsync: bool = False, timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         super().__init__()
         self.path = os.fspath(path)
         self.fsync = fsync
+        self.create = create
         self._timeout = timeout
         self._db: sqlite3.Connection | None = None
 
@@ -130,6 +147,27 @@ class SQLiteStore(ThreadedStore):
     # -- opening and closing ------------------------------------------------------------------
 
     def _open_sync(self) -> None:
+        existed = self.path == ":memory:" or os.path.exists(self.path)
+        if not existed and not self.create:
+            raise StoreError(f"no store at {self.path}: the file does not exist")
+        try:
+            self._db = self._connect()
+        except BaseException as exc:
+            if not existed:  # leave nothing behind from a failed start
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path + suffix)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open {self.path}: {self._open_problem(exc)}") from exc
+            raise
+
+    def _open_problem(self, exc: sqlite3.Error) -> str:
+        """Why the database could not be opened: SQLite's messages do not say."""
+        if type(exc) is sqlite3.DatabaseError and "not a database" in str(exc):
+            return "not an SQLite database (a damaged file, or another kind of file)"
+        return path_problem(self.path, directory=False) or str(exc)
+
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
@@ -146,7 +184,7 @@ class SQLiteStore(ThreadedStore):
         except BaseException:
             db.close()
             raise
-        self._db = db
+        return db
 
     def _schema_version(self, db: sqlite3.Connection) -> int | None:
         """The schema version of the file (``None`` for an empty one).
@@ -161,12 +199,13 @@ class SQLiteStore(ThreadedStore):
             if not tables:
                 return None
             if not (app_id == 0 and version == 0 and _is_version_0(db, tables)):
-                hint = (
-                    " (a ypy-websocket/pycrdt store: see import_ypy_websocket_sqlite)"
-                    if "yupdates" in tables
-                    else ""
-                )
-                raise StoreError(f"{self.path} is not a trio-ysync database{hint}")
+                if "yupdates" in tables:
+                    raise StoreError(
+                        f"{self.path} is a ypy-websocket / pycrdt-websocket database, not a "
+                        f"trio-ysync store: copy its rooms into one with `trio-ysync store "
+                        f"import-ypy {self.path} --store NEW.db` (or import_ypy_websocket_sqlite)"
+                    )
+                raise StoreError(f"{self.path} is not a trio-ysync database")
             # Version 0 was written before the application id and the version were.
         if version > SCHEMA_VERSION:
             raise StoreError(

@@ -1,8 +1,4 @@
-<<<<<<< HEAD
-"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``, ``fuzz``)."""
-=======
-"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``demo``, ``bench``)."""
->>>>>>> firstten
+"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``demo``, ``bench``, ``fuzz``)."""
 
 from __future__ import annotations
 

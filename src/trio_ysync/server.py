@@ -72,15 +72,12 @@ class RoomServer:
         compact_after_bytes: compact a room's stored log once it holds this many bytes.
         message_limits: bounds on each incoming frame (messages per frame, awareness states).
         max_fragments: how many WebSocket frames one message may be split into.
-<<<<<<< HEAD
         authorize: decides, for each connection before its room is loaded, whether and how it
             may use the room (see :mod:`trio_ysync.auth`; default: everyone may read and write).
         limits: connections, rooms and rates allowed (see :class:`~trio_ysync.limits.Limits`).
         read_only_awareness: whether read-only connections may publish awareness (presence).
-=======
         demo: also answer plain HTTP requests under ``/demo/`` with the demo editor
             (:mod:`trio_ysync.demo`).
->>>>>>> firstten
     """
 
     def __init__(
@@ -100,13 +97,10 @@ class RoomServer:
         compact_after_bytes: int = 4 * 1024 * 1024,
         message_limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
-<<<<<<< HEAD
         authorize: Authorize = allow_everyone,
         limits: Limits | None = None,
         read_only_awareness: bool = True,
-=======
         demo: bool = False,
->>>>>>> firstten
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -122,16 +116,13 @@ class RoomServer:
         self.compact_after_bytes = compact_after_bytes
         self.message_limits = message_limits
         self.max_fragments = max_fragments
-<<<<<<< HEAD
         self.authorize = authorize
         self.limits = Limits() if limits is None else limits
         self.read_only_awareness = read_only_awareness
         self.admission = Admission(self.limits)
         #: Every deadline of the server (token expiries, ...) runs from this one task.
         self.timers = Timers()
-=======
         self.demo = demo
->>>>>>> firstten
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()

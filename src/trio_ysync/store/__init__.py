@@ -48,13 +48,13 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-<<<<<<< HEAD
 def open_store(
-    spec: str | os.PathLike[str], *, fsync: bool = False, redis_prefix: str | None = None
+    spec: str | os.PathLike[str],
+    *,
+    fsync: bool = False,
+    create: bool = True,
+    redis_prefix: str | None = None,
 ) -> Store:
-=======
-def open_store(spec: str | os.PathLike[str], *, fsync: bool = False, create: bool = True) -> Store:
->>>>>>> firstten
     """The store that ``spec`` names; it opens its files on ``async with`` or first use.
 
     * ``"memory"``: a :class:`MemoryStore`.
@@ -68,14 +68,10 @@ def open_store(spec: str | os.PathLike[str], *, fsync: bool = False, create: boo
     Args:
         spec: What to open.
         fsync: Make every commit durable against power loss, not only against the process being
-<<<<<<< HEAD
             killed (ignored for memory; for Redis, its own ``appendfsync`` setting decides).
-        redis_prefix: The start of the Redis key names (Redis only; default ``trio-ysync:``).
-=======
-            killed (ignored for memory).
         create: Create the file or directory if it does not exist. Tools that only read a
             store pass ``False``, so a mistyped path is an error rather than a new empty store.
->>>>>>> firstten
+        redis_prefix: The start of the Redis key names (Redis only; default ``trio-ysync:``).
 
     Raises:
         ValueError: ``spec`` names none of these.

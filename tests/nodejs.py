@@ -365,14 +365,20 @@ def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
 
 
 @asynccontextmanager
-async def js_client(url: str, room: str, *, name: str | None = None) -> AsyncIterator[JsClient]:
+async def js_client(
+    url: str, room: str, *, name: str | None = None, params: dict[str, str] | None = None
+) -> AsyncIterator[JsClient]:
     """Run a y-websocket client connected to ``url``/``room``; closed on exit.
 
-    stderr of the node process is inherited, so pytest captures and shows it on failure.
+    ``params`` are sent as URL parameters on every connection (y-websocket's ``params``
+    option, for example ``{"token": ...}``). stderr of the node process is inherited, so pytest
+    captures and shows it on failure.
     """
     args = [_node(), "client.mjs", url, room]
     if name is not None:
         args += ["--name", name]
+    if params is not None:
+        args += ["--params", json.dumps(params)]
     process = await trio.lowlevel.open_process(
         args, cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )

@@ -1304,25 +1304,49 @@ async def test_server_closing_during_the_handshake_is_retried_at_once() -> None:
     assert S.CONNECTED not in seen
 
 
-async def test_rejected_handshake_is_retried() -> None:
+@pytest.mark.parametrize(
+    ("status", "params"),
+    [(503, None), (403, lambda: {"token": "refreshed"})],
+    ids=["server busy", "access refused, credentials refreshable"],
+)
+async def test_rejected_handshake_is_retried(status: int, params: object) -> None:
     rejected = 0
 
     async def handler(request: WebSocketRequest) -> None:
         nonlocal rejected
         rejected += 1
-        await request.reject(403, body=b"no")
+        await request.reject(status, body=b"no")
 
     with trio.fail_after(10):
         async with (
             socket_server(handler) as port,
             open_provider(
-                f"ws://127.0.0.1:{port}", new_document("pycrdt"), backoff=Backoff(0.01, 0.02)
+                f"ws://127.0.0.1:{port}",
+                new_document("pycrdt"),
+                backoff=Backoff(0.01, 0.02),
+                params=params,
             ) as provider,
         ):
             seen = await count_attempts(provider, 3)
-            assert provider.last_error == "the server refused the WebSocket upgrade (HTTP 403)"
+            expected = f"the server refused the WebSocket upgrade (HTTP {status})"
+            assert provider.last_error == expected
     assert S.CONNECTED not in seen
     assert rejected >= 2
+
+
+async def test_access_refused_with_fixed_credentials_stops() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(401, body=b"a token is required\n")
+
+    provider = Provider("ws://127.0.0.1:1", new_document("pycrdt"), backoff=Backoff(0.01, 0.02))
+    with trio.fail_after(10):
+        async with socket_server(handler) as port:
+            provider.url = f"ws://127.0.0.1:{port}"
+            with pytest.raises(PermanentDisconnect) as info:
+                await provider.run()
+    assert info.value.code == 4401
+    assert info.value.reason == "HTTP 401: a token is required"
+    assert provider.stop_reason is info.value
 
 
 async def test_untrusted_certificate_is_retried() -> None:

@@ -19,7 +19,9 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
+from .auth import create_token, read_secret_file
 from .errors import DocumentError, ProtocolError
+from .limits import Limits
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -35,8 +37,9 @@ DEFAULT_STORE = "trio-ysync.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _DESCRIPTION = (
-    "Serve Yjs rooms to y-websocket clients (serve) and inspect or maintain the stored rooms "
-    "(store). Run 'trio-ysync COMMAND --help' for a command's options."
+    "Serve Yjs rooms to y-websocket clients (serve), inspect or maintain the stored rooms "
+    "(store) and mint access tokens (token). Run 'trio-ysync COMMAND --help' for a command's "
+    "options."
 )
 
 
@@ -80,6 +83,8 @@ def _number_type(
 _port_number = _number_type(int, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
 _positive_size = _number_type(int, lambda n: n > 0, "a positive number of bytes")
 _seconds = _number_type(float, lambda s: 0 <= s < float("inf"), "a number of seconds >= 0")
+_count = _number_type(int, lambda n: n >= 0, "a whole number >= 0 (0 turns the limit off)")
+_rate = _number_type(float, lambda r: 0 <= r < float("inf"), "a number >= 0 (0: no limit)")
 
 
 def _log_level(text: str) -> str:
@@ -183,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a room stays loaded after its last client left (default: 10)",
     )
+    _add_access_options(serve)
 
     store = commands.add_parser(
         "store",
@@ -222,7 +228,111 @@ def build_parser() -> argparse.ArgumentParser:
         "(the store is created)",
     )
     import_ypy.add_argument("database")
+
+    token = commands.add_parser(
+        "token",
+        help="mint access tokens for a server started with --auth-secret-file",
+        description="Mint access tokens (signed JSON Web Tokens, HS256).",
+    )
+    _add_common_options(token, defaults=False)
+    token_commands = token.add_subparsers(
+        dest="token_command", required=True, metavar="TOKEN_COMMAND"
+    )
+    create = token_commands.add_parser(
+        "create",
+        help="print a token for a room (or rooms) on standard output",
+        description="Print a token that opens ROOM (or, with --prefix, every room whose name "
+        "starts with ROOM) on a server sharing the secret. y-websocket clients pass it as "
+        "params: { token }; other clients in an 'Authorization: Bearer' header.",
+    )
+    _add_common_options(create, defaults=False)
+    create.add_argument(
+        "--secret-file", required=True, metavar="FILE", help="the shared secret (32+ bytes)"
+    )
+    create.add_argument("--room", required=True, help="the room name, or a prefix of names")
+    create.add_argument(
+        "--prefix",
+        action="store_true",
+        help="ROOM is a prefix ('--room \"\" --prefix' covers every room: a server-wide token)",
+    )
+    create.add_argument("--read-only", action="store_true", help="grant read-only access")
+    create.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds until it expires; 0 for never (default: 3600)",
+    )
+    create.add_argument("--subject", help="who the token is for (shown in the server's logs)")
     return parser
+
+
+def _add_access_options(serve: argparse.ArgumentParser) -> None:
+    defaults = Limits()
+    access = serve.add_argument_group(
+        "access control and limits", "Numbers of 0 turn a limit off. See the Authentication page."
+    )
+    access.add_argument(
+        "--auth-secret-file",
+        metavar="FILE",
+        help="require a token signed with the secret in FILE on every connection (see "
+        "'trio-ysync token create')",
+    )
+    access.add_argument(
+        "--no-read-only-awareness",
+        dest="read_only_awareness",
+        action="store_false",
+        help="ignore the awareness (presence) of read-only clients",
+    )
+    for flag, field, kind, help in (
+        ("--max-connections", "max_connections", _count, "open connections in all (HTTP 503)"),
+        (
+            "--max-connections-per-address",
+            "max_connections_per_address",
+            _count,
+            "open connections from one address (HTTP 429)",
+        ),
+        ("--max-rooms", "max_rooms", _count, "rooms loaded at once (HTTP 503)"),
+        (
+            "--max-upgrades-per-minute",
+            "upgrades_per_minute",
+            _count,
+            "new connections per address per minute (HTTP 429)",
+        ),
+        (
+            "--max-messages-per-second",
+            "messages_per_second",
+            _rate,
+            "messages per connection per second, sustained (close 1008)",
+        ),
+        (
+            "--max-bytes-per-second",
+            "bytes_per_second",
+            _rate,
+            "bytes per connection per second, sustained (close 1008)",
+        ),
+    ):
+        default = getattr(defaults, field)
+        access.add_argument(
+            flag, dest=field, type=kind, default=default, metavar="N",
+            help=f"{help} (default: {default:.0f})",
+        )  # fmt: skip
+    access.add_argument(
+        "--allow-origin",
+        dest="allowed_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="accept browsers only from this origin, e.g. https://editor.example.com "
+        "(repeat for several; default: any)",
+    )
+    access.add_argument(
+        "--trusted-proxies",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="reverse proxies in front of the server whose X-Forwarded-For entries are "
+        "trusted for the client address (default: 0)",
+    )
 
 
 # -- serve --------------------------------------------------------------------------------
@@ -258,8 +368,14 @@ def _url_host(host: str) -> str:
 
 
 async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
+    from .auth import TokenAuthorizer, allow_everyone
     from .server import RoomServer, shutdown_on_signals
 
+    authorize = (
+        allow_everyone
+        if args.auth_secret_file is None
+        else TokenAuthorizer(_secret(args.auth_secret_file, "--auth-secret-file"))
+    )
     store = _open_store(args.store, fsync=args.fsync)
     server = RoomServer(
         store,
@@ -268,6 +384,9 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         room_grace_period=args.room_grace_period,
         broadcast_before_commit=args.broadcast_before_commit,
         demo=args.demo,
+        authorize=authorize,
+        limits=_limits(args),
+        read_only_awareness=args.read_only_awareness,
     )
     # The port is bound before the store opens, so a server that cannot listen creates no
     # file; the store closes after the server has flushed its rooms.
@@ -287,6 +406,43 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
             print(f"demo editor: http://{base}/demo/", flush=True)
         started()
         await shutdown_on_signals(server)
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    # On the command line 0 turns a limit off; Limits says that with None.
+    return Limits(
+        max_connections=args.max_connections or None,
+        max_connections_per_address=args.max_connections_per_address or None,
+        max_rooms=args.max_rooms or None,
+        upgrades_per_minute=args.upgrades_per_minute or None,
+        messages_per_second=args.messages_per_second or None,
+        bytes_per_second=args.bytes_per_second or None,
+        allowed_origins=frozenset(args.allowed_origins) if args.allowed_origins else None,
+        trusted_proxies=args.trusted_proxies,
+    )
+
+
+def _secret(path: str, option: str) -> bytes:
+    try:
+        return read_secret_file(path)
+    except OSError as exc:
+        raise CommandError(f"{option}: cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{option}: {path}: {exc}") from exc
+
+
+def _token(args: argparse.Namespace) -> None:
+    secret = _secret(args.secret_file, "--secret-file")
+    print(
+        create_token(
+            secret,
+            args.room,
+            prefix=args.prefix,
+            read_only=args.read_only,
+            ttl=args.ttl or None,
+            subject=args.subject,
+        )
+    )
 
 
 # -- store commands -----------------------------------------------------------------------
@@ -424,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = _configure_logging(args.log_level)
-        if args.command == "serve":
+        if args.command == "token":
+            _token(args)
+        elif args.command == "serve":
             # Startup is quiet unless it fails: the log starts once the server is up.
             if not args.debug:
                 handler.setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))

@@ -1,6 +1,8 @@
 // A real y-websocket client driven by JSON lines, for interop tests.
 //
-//   node client.mjs <serverUrl> <room> [--name NAME]
+//   node client.mjs <serverUrl> <room> [--name NAME] [--params JSON]
+//
+// --params: URL parameters for every connection (y-websocket's params option: { token }).
 //
 // stdin commands (one JSON object per line; "id" is echoed in the reply):
 //   insert {index,text} | insert_big {bytes} | get_text | set_awareness {state} |
@@ -17,6 +19,8 @@ import { WebsocketProvider, messageAuth } from 'y-websocket'
 const args = process.argv.slice(2)
 const nameAt = args.indexOf('--name')
 const name = nameAt >= 0 ? args.splice(nameAt, 2)[1] : 'client'
+const paramsAt = args.indexOf('--params')
+const params = paramsAt >= 0 ? JSON.parse(args.splice(paramsAt, 2)[1]) : {}
 const [serverUrl, room] = args
 if (!serverUrl || !room) {
   process.stderr.write('usage: node client.mjs <serverUrl> <room> [--name NAME]\n')
@@ -32,7 +36,7 @@ const text = doc.getText('t')
 // disableBc: Node 20 has a global BroadcastChannel; keep all traffic on the WebSocket under test.
 // connect: false so the first "connecting" status is seen by the listeners below.
 const provider = new WebsocketProvider(serverUrl, room, doc, {
-  WebSocketPolyfill: WebSocket, disableBc: true, connect: false
+  WebSocketPolyfill: WebSocket, disableBc: true, connect: false, params
 })
 const awareness = provider.awareness
 

@@ -51,6 +51,7 @@ __all__ = [
     "ConnectionStatus",
     "HeadersSource",
     "ParamsSource",
+    "TokenSource",
     "PermanentDisconnect",
     "Provider",
     "ProviderError",
@@ -77,6 +78,15 @@ _HeaderPairs: TypeAlias = Mapping[str, str] | Iterable[tuple[str | bytes, str | 
 HeadersSource: TypeAlias = (
     _HeaderPairs | Callable[[], _HeaderPairs] | Callable[[], Awaitable[_HeaderPairs]] | None
 )
+
+#: An access token (sent as the ``token`` query parameter, as y-websocket's ``params`` would):
+#: a string, or a function (plain or async) called before each connection attempt that returns
+#: a fresh one.
+TokenSource: TypeAlias = str | Callable[[], str] | Callable[[], Awaitable[str]] | None
+
+#: HTTP statuses and close codes by which a server refuses access (Hocuspocus's convention).
+_ACCESS_REFUSED_STATUSES = (401, 403)
+_ACCESS_REFUSED_CODES = (4401, 4403)
 
 #: Opens one WebSocket connection: called with the full URL and the handshake headers, returns
 #: an async context manager yielding a trio-websocket connection (closed on exit). The default
@@ -303,6 +313,13 @@ class Provider:
         room: the room (document) name to append to ``url``.
         params: query parameters to add to the URL, or a function (plain or async) returning
             them, called before every connection attempt (to refresh an access token).
+        token: an access token for servers that require one (``trio-ysync serve
+            --auth-secret-file``, Hocuspocus-style ``token`` parameters), or a function (plain
+            or async) returning a fresh one, called before every connection attempt. When the
+            server refuses access (HTTP 401/403 at the upgrade, close codes 4401/4403 later),
+            the provider stops with :exc:`PermanentDisconnect`, unless its credentials can be
+            refreshed (``token``, ``params`` or ``headers`` is a function): then it fetches
+            them again and retries with back-off.
         headers: extra HTTP headers for the WebSocket handshake, or a function (plain or async)
             returning them, called before every connection attempt.
         subprotocols: WebSocket subprotocols to offer.
@@ -332,6 +349,7 @@ class Provider:
         *,
         room: str | None = None,
         params: ParamsSource = None,
+        token: TokenSource = None,
         headers: HeadersSource = None,
         subprotocols: Sequence[str] = (),
         ssl_context: ssl.SSLContext | None = None,
@@ -362,6 +380,7 @@ class Provider:
         #: Awareness (presence): this client's state and the room's.
         self.awareness = ProviderAwareness(self.document.client_id, self._on_local_awareness)
         self.params = params
+        self.token = token
         self.headers = headers
         self.subprotocols = tuple(subprotocols)
         self.ssl_context = ssl_context
@@ -383,6 +402,10 @@ class Provider:
         #: Why the last connection attempt failed (``"connection refused"``, ...), or ``None``
         #: once a connection opened. Each failure is also logged (see :meth:`wait_synced`).
         self.last_error: str | None = None
+        #: Why the provider stopped for good (the :exc:`PermanentDisconnect` it raised, for
+        #: example access refused), or ``None`` while it runs or after a clean close. Read it
+        #: when :meth:`status_changes` ends.
+        self.stop_reason: BaseException | None = None
         self._status = ConnectionStatus.DISCONNECTED
         self._status_feed: Feed[ConnectionStatus] = Feed(maxlen=32)
         self._synced = False
@@ -496,6 +519,7 @@ class Provider:
             if self._owns_adapter:
                 self.document.close()
             self._failure = failure
+            self.stop_reason = failure
             self._stop()
         if failure is not None:
             raise failure
@@ -594,8 +618,25 @@ class Provider:
 
     async def _target(self) -> tuple[str, list[tuple[bytes, bytes]]]:
         params = await _resolve(self.params)
+        token = await _resolve(self.token)
+        if token is not None:
+            params = {**(params or {}), "token": str(token)}
         headers = await _resolve(self.headers)
         return _build_url(self.url, self.room, params), _header_list(headers)
+
+    @property
+    def _refreshable(self) -> bool:
+        """Whether each attempt fetches its credentials anew (so a refusal may not last)."""
+        return any(callable(source) for source in (self.token, self.params, self.headers))
+
+    def _refused(self, exc: BaseException) -> PermanentDisconnect | None:
+        """The permanent stop an access refusal at the upgrade means, if it means one."""
+        if not isinstance(exc, ConnectionRejected) or self._refreshable:
+            return None
+        if exc.status_code not in _ACCESS_REFUSED_STATUSES:
+            return None
+        body = (exc.body or b"").decode("utf-8", errors="replace").strip()
+        return PermanentDisconnect(4000 + exc.status_code, f"HTTP {exc.status_code}: {body}")
 
     @asynccontextmanager
     async def _open_websocket(
@@ -654,6 +695,7 @@ class Provider:
         """One connection attempt: connect, sync until the connection ends."""
         self._set_status(ConnectionStatus.CONNECTING)
         close: tuple[int, str] | None = None
+        failure: BaseException | None = None
         opened = False
         with trio.CancelScope() as scope:
             self._attempt_scope = scope
@@ -668,20 +710,32 @@ class Provider:
                     self._connection_opened()
                     close = await self._connected(ws)
             except _TRANSPORT_ERRORS as exc:
-                self._connection_failed(exc, opened)
+                failure = exc
             except BaseExceptionGroup as group:
                 # Errors of trio-websocket's reader task (a rejected handshake) come in a group.
                 matched, rest = group.split(_TRANSPORT_ERRORS)
                 if rest is not None or matched is None:
                     raise
-                self._connection_failed(_first_leaf(matched), opened)
+                failure = _first_leaf(matched)
             finally:
                 self._attempt_scope = None
                 self._disconnected()
+        if failure is not None:
+            self._connection_failed(failure, opened)
+            refusal = self._refused(failure)
+            if refusal is not None:
+                raise refusal
         if close is not None:
             code, reason = close
             self.last_close = close
-            if not self._closing and not self.should_reconnect(code, reason):
+            if self._closing:
+                return
+            if code in _ACCESS_REFUSED_CODES and self._refreshable:
+                logger.info(
+                    "provider %s: access refused (%d), fetching new credentials", self.url, code
+                )
+                return
+            if not self.should_reconnect(code, reason):
                 raise PermanentDisconnect(code, reason, self.permission_denied)
 
     def _connection_opened(self) -> None:

@@ -24,6 +24,7 @@ from wsclient import connect
 from ydocs import insert_text
 
 from trio_ysync import __version__
+from trio_ysync.auth import TokenAuthorizer
 from trio_ysync.cli import main
 from trio_ysync.doc import new_document
 from trio_ysync.protocol import SyncStep1, SyncStep2, SyncUpdate
@@ -259,3 +260,45 @@ def test_export_of_an_unknown_room_fails_clearly(fail_main, tmp_path: Path) -> N
     (tmp_path / "update.bin").write_bytes(new_document().diff())
     assert main(["store", "import", "room", "update.bin", "--store", "rooms.db"]) == 0
     fail_main("store", "export", "nope", "--store", "rooms.db", status=1, says="no room 'nope'")
+
+
+# -- tokens and access control -----------------------------------------------------------
+
+
+def test_token_create_prints_a_token_the_server_accepts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40 + "\n")
+    args = ["token", "create", "--secret-file", str(secret), "--room", "team/", "--prefix"]
+    assert main([*args, "--read-only", "--subject", "ada", "--ttl", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    authorizer = TokenAuthorizer(b"s" * 40)
+    grant = authorizer.grant(authorizer.claims(token), "team/plan")
+    assert grant.read_only
+    assert grant.identity == "ada"
+
+
+@pytest.mark.parametrize(
+    ("secret", "args", "status", "says"),
+    [
+        (b"short\n", ["token", "create", "--room", "r"], 2, "at least 32 random bytes"),
+        (None, ["token", "create", "--room", "r"], 1, "--secret-file: cannot read"),
+        (b"s" * 40, ["token", "create"], 2, "the following arguments are required: --room"),
+        (b"s" * 40, ["token", "create", "--room", "r", "--ttl", "-1"], 2, "--ttl: expected"),
+        (b"short", ["serve", "--auth-secret-file"], 2, "--auth-secret-file"),
+        (b"s" * 40, ["serve", "--max-connections", "-3"], 2, "--max-connections: expected"),
+        (b"s" * 40, ["serve", "--max-messages-per-second", "x"], 2, "expected a number"),
+    ],
+)
+def test_access_mistakes_are_one_line(
+    fail_main, tmp_path: Path, secret: bytes | None, args: list[str], status: int, says: str
+) -> None:
+    path = tmp_path / "secret"
+    if secret is not None:
+        path.write_bytes(secret)
+    if args[0] == "token":
+        args = [*args, "--secret-file", str(path)]
+    elif args[-1] == "--auth-secret-file":
+        args = [*args, str(path), "--port", "0", "--store", "memory"]
+    fail_main(*args, status=status, says=says)

@@ -216,12 +216,20 @@ class HookRunner:
         hooks: the hooks, in the order they were given.
         queue_size: events one hook may have waiting; more are dropped.
         slow_after: seconds after which one call of a hook is logged as slow.
+        close_timeout: seconds each hook gets, when the server stops, to receive what is
+            queued and close.
     """
 
     def __init__(
-        self, hooks: Sequence[ServerHooks], *, queue_size: int = 10_000, slow_after: float = 5.0
+        self,
+        hooks: Sequence[ServerHooks],
+        *,
+        queue_size: int = 10_000,
+        slow_after: float = 5.0,
+        close_timeout: float = 5.0,
     ) -> None:
         self._lanes = [_Lane(hook, queue_size, slow_after) for hook in hooks]
+        self.close_timeout = close_timeout
 
     def __bool__(self) -> bool:
         return bool(self._lanes)
@@ -239,13 +247,13 @@ class HookRunner:
                 nursery.start_soon(lane.deliver)
             task_status.started()
 
-    async def aclose(self, timeout: float = 5.0) -> None:
+    async def aclose(self) -> None:
         """Deliver what is queued, then tell every hook the server stopped (each hook gets
-        ``timeout`` seconds for both)."""
+        ``close_timeout`` seconds for both)."""
         for lane in self._lanes:
             lane.send.close()
         for lane in self._lanes:
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(self.close_timeout):
                 await lane.drained.wait()
                 try:
                     await lane.hook.aclose()

@@ -38,6 +38,7 @@ __all__ = [
     "encode_awareness_update",
     "encode_json",
     "json_depth",
+    "message_kind",
     "parse_json",
 ]
 
@@ -161,6 +162,23 @@ Message: TypeAlias = (
     | PermissionDenied
     | UnknownMessage
 )
+
+
+_KINDS: dict[type, str] = {
+    SyncStep1: "sync_step1",
+    SyncStep2: "sync_step2",
+    SyncUpdate: "sync_update",
+    AwarenessUpdate: "awareness",
+    QueryAwareness: "query_awareness",
+    PermissionDenied: "auth",
+    UnknownMessage: "unknown",
+}
+
+
+def message_kind(message: Message) -> str:
+    """A short name for the message's kind (``"sync_update"``, ``"awareness"``, ...), as
+    metrics and logs label it."""
+    return _KINDS[type(message)]
 
 
 def encode_json(value: JSONValue) -> str:

@@ -273,6 +273,7 @@ class RoomServer:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             max_fragments=self.max_fragments,
+            timers=self.timers,
         )
         request = None
         try:

@@ -100,6 +100,10 @@ class RoomServer:
         metrics_token: when given, ``/metrics`` answers only requests with this bearer token.
         http_api: answer the HTTP API for documents under ``/api/rooms`` (see
             :mod:`trio_ysync.api`).
+        presence_interval: seconds over which a room gathers awareness changes into one
+            message per peer (see :class:`~trio_ysync.room.Room`; 0 sends each change at once).
+        echo_updates: send each update back to its sender too (y-websocket 4's
+            ``sync-status``; see :class:`~trio_ysync.room.Room`).
     """
 
     def __init__(
@@ -127,6 +131,8 @@ class RoomServer:
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
         http_api: bool = True,
+        presence_interval: float = 0.0,
+        echo_updates: bool = False,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -155,6 +161,8 @@ class RoomServer:
         self.instruments: Instruments = Instruments() if metrics is None else metrics
         self.hooks = HookRunner(hooks)
         self.api = DocumentAPI(self) if http_api else None
+        self.presence_interval = presence_interval
+        self.echo_updates = echo_updates
         self._connections = 0
         self._deleting: set[str] = set()
         self._room_events = _RoomEvents(self)
@@ -515,6 +523,9 @@ class RoomServer:
                     compact_after_updates=self.compact_after_updates,
                     compact_after_bytes=self.compact_after_bytes,
                     events=self._room_events,
+                    timers=self.timers,
+                    presence_interval=self.presence_interval,
+                    echo_updates=self.echo_updates,
                 )
                 self._rooms[name] = room
                 self._rooms_nursery.start_soon(self._run_room, room)

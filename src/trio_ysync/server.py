@@ -335,12 +335,15 @@ class RoomServer:
             grant = await self._authorize(pending, who)
             if grant is None:
                 return
-            async with self.open_room(request.room) as room:
+            room = await self._reserve_room(request.room)
+            try:
                 connection: Connection | None = None
                 with trio.move_on_after(self.handshake_timeout):
                     connection = await pending.accept()
                 if connection is not None:
                     await self._run_peer(room, connection, grant, who)
+            finally:
+                room.unreserve()
         except RoomClosedError as exc:
             logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
             await self._refuse(pending, exc, who)
@@ -357,14 +360,13 @@ class RoomServer:
     async def _authorize(self, pending: PendingConnection, who: str) -> Grant | None:
         """The request's grant, or ``None`` once it has been refused."""
         try:
-            with trio.fail_after(self.handshake_timeout):
+            with trio.move_on_after(self.handshake_timeout):
                 return await self.authorize(pending.request)
+            logger.error("%s: the authorize hook did not answer in time", who)
+            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except YSyncError as exc:
             self.admission.log_refusal(who, exc)
             await self._refuse(pending, exc, who)
-        except trio.TooSlowError:
-            logger.error("%s: the authorize hook did not answer in time", who)
-            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except Exception:
             logger.exception("%s: the authorize hook failed", who)
             await self._refuse(pending, YSyncError("authorization failed"), who)
@@ -500,11 +502,21 @@ class RoomServer:
     @asynccontextmanager
     async def open_room(self, name: str) -> AsyncIterator[Room]:
         """The loaded room ``name`` (created and loaded if needed), kept loaded while the
-        ``async with`` block runs, so a peer can finish its handshake before it joins.
+        ``async with`` block runs.
 
         Raises:
             RoomClosedError: the server is shutting down or the room could not be loaded.
+            ServerFull: loading another room would pass :attr:`Limits.max_rooms`.
         """
+        room = await self._reserve_room(name)
+        try:
+            yield room
+        finally:
+            room.unreserve()
+
+    async def _reserve_room(self, name: str) -> Room:
+        """The loaded room ``name``, reserved (see :meth:`Room.reserve`): the caller must
+        ``unreserve()`` it."""
         while True:
             if self._shutdown.is_set() or self._rooms_nursery is None:
                 raise RoomClosedError("the server is shutting down")
@@ -531,11 +543,15 @@ class RoomServer:
                 self._rooms_nursery.start_soon(self._run_room, room)
             if room.state in (RoomState.LOADING, RoomState.OPEN):
                 # Reserved before it is ready, so it cannot unload between its load and us.
-                with room.reserved():
+                room.reserve()
+                try:
                     await room.ready.wait()
-                    if room.accepting:
-                        yield room
-                        return
+                except BaseException:
+                    room.unreserve()
+                    raise
+                if room.accepting:
+                    return room
+                room.unreserve()
             if created and room.failure is not None:
                 raise RoomClosedError(f"room {name!r} could not be loaded")
             # The room is unloading or failed: wait until it is gone, then load it afresh.

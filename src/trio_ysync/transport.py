@@ -11,6 +11,7 @@ writer, so bytes never interleave.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import struct
@@ -18,18 +19,17 @@ from typing import Any
 
 import h11
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
 
 from .connection import (
     ConnectionRequest,
@@ -168,6 +168,28 @@ def stream_peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return None
 
 
+def _check_upgrade(method: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """The ``Sec-WebSocket-Key`` of a valid upgrade request (RFC 6455, section 4.2.1).
+
+    Raises:
+        ProtocolError: it is not a valid WebSocket upgrade (HTTP 400).
+    """
+    if method != b"GET":
+        raise ProtocolError("a WebSocket upgrade must be a GET request")
+    if "upgrade" not in (t.lower() for t in split_comma_header(fields.get(b"connection", b""))):
+        raise ProtocolError("missing 'Connection: Upgrade'")
+    if fields.get(b"sec-websocket-version") != b"13":
+        raise ProtocolError("unsupported WebSocket version (this server speaks version 13)")
+    key = fields.get(b"sec-websocket-key", b"")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ProtocolError("missing or invalid Sec-WebSocket-Key")
+    return key
+
+
 class ServerWebSocket(QueuedConnection):
     """One server-side WebSocket over a trio stream.
 
@@ -205,7 +227,10 @@ class ServerWebSocket(QueuedConnection):
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._guard = FrameGuard(max_message_size, max_fragments)
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # The frame layer of wsproto, created when the upgrade is accepted.
+        self._ws: WSConnection | None = None
+        self._key: bytes | None = None
+        self._trailing = b""
         self._http: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD
         )
@@ -238,7 +263,8 @@ class ServerWebSocket(QueuedConnection):
             if not isinstance(event, h11.Request):
                 return None
             headers = [(name.lower(), value) for name, value in event.headers]
-            if dict(headers).get(b"upgrade", b"").lower() != b"websocket":
+            fields = dict(headers)
+            if fields.get(b"upgrade", b"").lower() != b"websocket":
                 request = HTTPRequest(
                     method=event.method.decode("ascii"),
                     target=event.target.decode("ascii"),
@@ -247,17 +273,19 @@ class ServerWebSocket(QueuedConnection):
                 )
                 await self._send_http(parser, await http_handler(request))
                 return None
-            self._ws.receive_data(bytes(raw))
-            upgrade = next((e for e in self._ws.events() if isinstance(e, Request)), None)
-            if upgrade is None:
-                return None
+            self._key = _check_upgrade(event.method, fields)
+            self._trailing = parser.trailing_data[0]
             return ConnectionRequest.from_target(
-                upgrade.target,
-                upgrade.extra_headers,
-                subprotocols=upgrade.subprotocols,
+                event.target.decode("ascii"),
+                headers,
+                subprotocols=[
+                    protocol
+                    for value in (v for n, v in headers if n == b"sec-websocket-protocol")
+                    for protocol in split_comma_header(value)
+                ],
                 client=self.client,
             )
-        except (h11.RemoteProtocolError, RemoteProtocolError, YSyncError) as exc:
+        except (h11.RemoteProtocolError, YSyncError) as exc:
             status = exc.http_status if isinstance(exc, YSyncError) else 400
             logger.info("%s: refusing a bad HTTP request: %s", self.name, exc)
             await self._send_http(parser, HTTPResponse.text(status, str(exc)))
@@ -301,8 +329,19 @@ class ServerWebSocket(QueuedConnection):
     async def accept(self, subprotocol: str | None = None) -> ServerWebSocket:
         """Complete the upgrade. Extensions such as permessage-deflate are never negotiated:
         compression state is per connection, which would defeat encode-once broadcast."""
-        await self.stream.send_all(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        assert self._key is not None, "accept() follows a handshake() that returned a request"
+        # The answer is fixed but for two headers: written here rather than through a second
+        # HTTP state machine (wsproto's handshake layer), which cost a sixth of a connect storm.
+        response = [
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key) + b"\r\n",
+        ]
+        if subprotocol is not None:
+            response.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii") + b"\r\n")
+        await self.stream.send_all(b"".join(response) + b"\r\n")
+        self._ws = WSConnection(ConnectionType.SERVER, trailing_data=self._trailing)
         self._http = None  # done with HTTP: an idle connection should not keep a parser
+        self._key = None
         return self
 
     async def refuse(self, status: int, reason: str) -> None:
@@ -340,11 +379,12 @@ class ServerWebSocket(QueuedConnection):
             return False
         if self.close_code is None:
             self._awaiting_pong = True
+            assert self._ws is not None, "pings start once the upgrade is accepted"
             self._queue_control(self._ws.send(Ping(b"")))
         return True
 
     def _announce_close(self, code: int, reason: str) -> None:
-        if self._ws.state is ConnectionState.OPEN:
+        if self._ws is not None and self._ws.state is ConnectionState.OPEN:
             self._queue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     async def _write(self, chunks: list[bytes]) -> None:
@@ -375,6 +415,8 @@ class ServerWebSocket(QueuedConnection):
         self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
     async def _read_all(self, on_message: MessageHandler) -> None:
+        frames = self._ws
+        assert frames is not None, "run() follows accept()"
         parts: list[bytes | bytearray] = []
         while True:
             try:
@@ -393,8 +435,8 @@ class ServerWebSocket(QueuedConnection):
                     self._refuse_input(exc)
                     await self._discard_input()
                     return
-            self._ws.receive_data(bytes(data))
-            for count, event in enumerate(self._ws.events(), 1):
+            frames.receive_data(bytes(data))
+            for count, event in enumerate(frames.events(), 1):
                 if not count % _EVENTS_PER_CHECKPOINT:
                     # One read can hold thousands of tiny frames: let other connections in.
                     await trio.lowlevel.checkpoint()
@@ -408,18 +450,18 @@ class ServerWebSocket(QueuedConnection):
                         await on_message(bytes(message))
                 elif isinstance(event, Ping):
                     if self.close_code is None:
-                        self._queue_control(self._ws.send(event.response()))
+                        self._queue_control(frames.send(event.response()))
                 elif isinstance(event, Pong):
                     self._awaiting_pong = False
                 elif isinstance(event, CloseConnection):
-                    if self._ws.state is ConnectionState.OPEN:
+                    if frames.state is ConnectionState.OPEN:
                         # wsproto could not parse a frame: it reports that as a close event.
                         self._refuse_input(FrameError(event.reason or "invalid frame"))
                         return
                     self._on_close(event)
                 elif isinstance(event, TextMessage) and self.close_code is None:
                     self._refuse_input(UnsupportedMessageError("text messages are not supported"))
-            if self._ws.state is ConnectionState.CLOSED:
+            if frames.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
 
     async def _receive(self) -> bytes | bytearray:
@@ -442,6 +484,7 @@ class ServerWebSocket(QueuedConnection):
             pass
 
     def _on_close(self, event: CloseConnection) -> None:
+        assert self._ws is not None
         if self.close_code is None:
             self.close_code = event.code
             self.close_reason = event.reason or ""

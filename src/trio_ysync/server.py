@@ -17,16 +17,17 @@ from __future__ import annotations
 import hmac
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any
 
 import trio
 
+from .accept import accept_forever, plain_socket
 from .api import DocumentAPI
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
 from .connection import (
@@ -247,20 +248,26 @@ class RoomServer:
     ) -> None:
         """Listen on ``host``:``port`` until :meth:`shutdown`; started with the bound port."""
         async with self._run_rooms():
-            listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
+            listeners = await trio.open_tcp_listeners(port, host=host)
             bound_port = listeners[0].socket.getsockname()[1]
-            if ssl_context is not None:
-                listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
-                    await accepting.start(
-                        partial(
-                            trio.serve_listeners,
-                            self.serve_stream,
-                            listeners,
-                            handler_nursery=connections,
+                    if ssl_context is None:
+                        for listener in listeners:
+                            accepting.start_soon(
+                                accept_forever, plain_socket(listener), self._serve_socket,
+                                connections,
+                            )  # fmt: skip
+                    else:
+                        secure = [trio.SSLListener(one, ssl_context) for one in listeners]
+                        await accepting.start(
+                            partial(
+                                trio.serve_listeners,
+                                self.serve_stream,
+                                secure,
+                                handler_nursery=connections,
+                            )
                         )
-                    )
                     logger.info("serving on %s:%d", host, bound_port)
                     task_status.started(bound_port)
                     await self._shutdown.wait()
@@ -274,8 +281,12 @@ class RoomServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection (a TCP or TLS stream) until it closes. Never raises."""
+        await self._serve_socket(None, stream)
+
+    async def _serve_socket(self, sock: socket.socket | None, stream: trio.abc.Stream) -> None:
         websocket = ServerWebSocket(
             stream,
+            sock=sock,
             max_message_size=self.max_message_size,
             max_buffered_bytes=self.max_buffered_bytes,
             close_timeout=self.close_timeout,
@@ -285,7 +296,7 @@ class RoomServer:
         )
         request = None
         try:
-            with trio.move_on_after(self.handshake_timeout):
+            with self.timers.scope_after(self.handshake_timeout):
                 request = await websocket.handshake(self.answer_http)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -338,7 +349,7 @@ class RoomServer:
             room = await self._reserve_room(request.room)
             try:
                 connection: Connection | None = None
-                with trio.move_on_after(self.handshake_timeout):
+                with self.timers.scope_after(self.handshake_timeout):
                     connection = await pending.accept()
                 if connection is not None:
                     await self._run_peer(room, connection, grant, who)
@@ -360,7 +371,7 @@ class RoomServer:
     async def _authorize(self, pending: PendingConnection, who: str) -> Grant | None:
         """The request's grant, or ``None`` once it has been refused."""
         try:
-            with trio.move_on_after(self.handshake_timeout):
+            with self.timers.scope_after(self.handshake_timeout):
                 return await self.authorize(pending.request)
             logger.error("%s: the authorize hook did not answer in time", who)
             await self._refuse(pending, ServerFull("authorization timed out"), who)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
+import socket
 import struct
 from typing import Any
 
@@ -204,6 +204,8 @@ class ServerWebSocket(QueuedConnection):
             ping by the next one is closed.
         max_fragments: how many frames one message may be split into.
         timers: the server's timers, which send the pings (no timers, no pings).
+        sock: the plain socket under ``stream``, when there is one: reads and writes that do
+            not block go to it directly (see :mod:`trio_ysync.accept`).
     """
 
     def __init__(
@@ -216,6 +218,7 @@ class ServerWebSocket(QueuedConnection):
         ping_interval: float = 30.0,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
         timers: Timers | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.client = stream_peer_address(stream)
         super().__init__(
@@ -238,13 +241,11 @@ class ServerWebSocket(QueuedConnection):
         self._timers = timers
         self._ping_timer: Timer | None = None
         self._read_size = _MIN_READ_SIZE
-        # Plain TCP sockets on POSIX can take a frame at once, without waking the writer task
-        # (one system call instead of a task switch and a send_all per receiver). The socket
-        # object is kept, never its file descriptor number: once the socket is closed its
-        # fileno() is -1, so a number the kernel has reused is never written to.
-        self._socket: Any = (
-            stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
-        )
+        # A plain socket can take a frame at once, without waking the writer task (one system
+        # call instead of a task switch and a send_all per receiver). The socket object is
+        # kept, never its file descriptor number: once it is closed, a send raises instead of
+        # writing to a number the kernel may have given to another connection.
+        self._sock = sock
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -338,7 +339,7 @@ class ServerWebSocket(QueuedConnection):
         ]
         if subprotocol is not None:
             response.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii") + b"\r\n")
-        await self.stream.send_all(b"".join(response) + b"\r\n")
+        await self._send_bytes(b"".join(response) + b"\r\n")
         self._ws = WSConnection(ConnectionType.SERVER, trailing_data=self._trailing)
         self._http = None  # done with HTTP: an idle connection should not keep a parser
         self._key = None
@@ -354,15 +355,25 @@ class ServerWebSocket(QueuedConnection):
     def _serialize(self, message: OutgoingMessage) -> bytes:
         return message.frame
 
+    async def _send_bytes(self, data: bytes) -> None:
+        """Send bytes that are not a message (the upgrade's answer), at once if possible."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                data = data[sock.send(data) :]
+            except OSError:
+                pass  # would block, or broken: send_all meets either
+        if data:
+            await self.stream.send_all(data)
+        else:
+            await trio.lowlevel.checkpoint()
+
     def _write_now(self, data: bytes) -> bytes:
-        socket = self._socket
-        if socket is None:
-            return data
-        fd = socket.fileno()
-        if fd < 0:
+        sock = self._sock
+        if sock is None:
             return data
         try:
-            written = os.write(fd, data)
+            written = sock.send(data)
         except OSError:
             # Would block, or the connection broke: the writer task meets either.
             return data
@@ -466,12 +477,39 @@ class ServerWebSocket(QueuedConnection):
 
     async def _receive(self) -> bytes | bytearray:
         """Read what has arrived, asking for more only while reads come back full."""
-        data = await self.stream.receive_some(self._read_size)
+        sock = self._sock
+        if sock is None:
+            data = await self.stream.receive_some(self._read_size)
+        else:
+            data = await self._receive_from(sock)
         if len(data) == self._read_size:
             self._read_size = min(self._read_size * 2, _MAX_READ_SIZE)
         else:
             self._read_size = _MIN_READ_SIZE
         return data
+
+    async def _receive_from(self, sock: socket.socket) -> bytes:
+        # What trio's SocketStream.receive_some does, without its per-call machinery: try the
+        # socket, wait for it only when it has nothing, and yield to the others either way.
+        try:
+            data = sock.recv(self._read_size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("the connection was closed") from exc
+            return b""  # reset by the peer: the connection is gone
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(self._read_size)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
 
     async def _discard_input(self) -> None:
         # The client may still be sending what it announced. Read and drop it rather than

@@ -22,6 +22,7 @@ from . import __version__
 from .auth import create_token, read_secret_file
 from .errors import DocumentError, ProtocolError
 from .limits import Limits
+from .logs import TEXT_FORMAT, JSONFormatter
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -109,6 +110,12 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help=f"{', '.join(LOG_LEVELS)} (default: INFO)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else default,
+        help="log lines as text, or as one JSON object per line (default: text)",
+    )
+    parser.add_argument(
         "--debug",
         action="store_true",
         default=False if defaults else default,
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a room stays loaded after its last client left (default: 10)",
     )
     _add_access_options(serve)
+    _add_operations_options(serve)
 
     store = commands.add_parser(
         "store",
@@ -265,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--subject", help="who the token is for (shown in the server's logs)")
     return parser
+
+
+def _add_operations_options(serve: argparse.ArgumentParser) -> None:
+    operations = serve.add_argument_group("operations", "See the Operations page.")
+    operations.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count what the server does and serve it for Prometheus at GET /metrics",
+    )
+    operations.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="answer /metrics only to requests with the bearer token in FILE",
+    )
+    operations.add_argument(
+        "--no-http-api",
+        dest="http_api",
+        action="store_false",
+        help="do not answer the HTTP API for documents (/api/rooms)",
+    )
 
 
 def _add_access_options(serve: argparse.ArgumentParser) -> None:
@@ -369,6 +397,7 @@ def _url_host(host: str) -> str:
 
 async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
     from .auth import TokenAuthorizer, allow_everyone
+    from .metrics import Metrics
     from .server import RoomServer, shutdown_on_signals
 
     authorize = (
@@ -387,6 +416,13 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         authorize=authorize,
         limits=_limits(args),
         read_only_awareness=args.read_only_awareness,
+        metrics=Metrics() if args.metrics or args.metrics_token_file else None,
+        metrics_token=(
+            None
+            if args.metrics_token_file is None
+            else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
+        ),
+        http_api=args.http_api,
     )
     # The port is bound before the store opens, so a server that cannot listen creates no
     # file; the store closes after the server has flushed its rooms.
@@ -422,8 +458,11 @@ def _limits(args: argparse.Namespace) -> Limits:
     )
 
 
-def _secret(path: str, option: str) -> bytes:
+def _secret(path: str, option: str, *, check: bool = True) -> bytes:
     try:
+        if not check:
+            with open(path, "rb") as file:
+                return file.read().strip()
         return read_secret_file(path)
     except OSError as exc:
         raise CommandError(f"{option}: cannot read {path}: {exc.strerror or exc}") from exc
@@ -564,9 +603,9 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     return f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)", 1
 
 
-def _configure_logging(level: str) -> logging.Handler:
+def _configure_logging(level: str, format: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JSONFormatter() if format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -579,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: logging.Handler | None = None
     try:
         args = build_parser().parse_args(argv)
-        handler = _configure_logging(args.log_level)
+        handler = _configure_logging(args.log_level, args.log_format)
         if args.command == "token":
             _token(args)
         elif args.command == "serve":

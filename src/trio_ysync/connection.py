@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote
 import trio
 
 from .errors import CloseCode, ProtocolError
+from .protocol import Message, encode, message_kind
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -164,6 +165,11 @@ MessageHandler = Callable[[bytes], Awaitable[None]]
 class Connection(Protocol):
     """An accepted WebSocket as the server and its rooms use it."""
 
+    #: The close code sent or received, once the connection is closing.
+    close_code: int | None
+    #: The reason that came with it.
+    close_reason: str
+
     @property
     def closing(self) -> bool:
         """Whether the connection is closing or closed: send nothing more, do no more work."""
@@ -238,11 +244,18 @@ class OutgoingMessage:
     Server frames are never masked, so a broadcast's frame is the same bytes for every receiver.
     """
 
-    __slots__ = ("_frame", "payload")
+    __slots__ = ("_frame", "kind", "payload")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, kind: str = "") -> None:
         self.payload = payload
+        #: What the message is (see :func:`~trio_ysync.protocol.message_kind`), for metrics.
+        self.kind = kind
         self._frame: bytes | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> OutgoingMessage:
+        """The encoded ``message``."""
+        return cls(encode(message), message_kind(message))
 
     @property
     def frame(self) -> bytes:

@@ -27,6 +27,7 @@ import trio
 
 __all__ = [
     "ConnectionClosed",
+    "Instruments",
     "ConnectionOpened",
     "ConnectionRefused",
     "DocumentChanged",
@@ -152,6 +153,37 @@ class ServerHooks:
 
     async def aclose(self) -> None:
         """Called once the server has stopped (flush what is queued, if worth it)."""
+
+
+class Instruments:
+    """Counting at the server's busiest places, called synchronously and often: keep every
+    method cheap and non-blocking (increment a counter). The defaults do nothing;
+    :class:`~trio_ysync.metrics.Metrics` counts for Prometheus."""
+
+    def message_received(self, kind: str, size: int) -> None:
+        """A message of ``kind`` (see :func:`~trio_ysync.protocol.message_kind`) and ``size``
+        bytes arrived from a client."""
+
+    def messages_sent(self, kind: str, receivers: int, size: int) -> None:
+        """A message of ``kind`` and ``size`` bytes was sent to ``receivers`` connections."""
+
+    def connection_opened(self) -> None:
+        """A connection joined a room."""
+
+    def connection_closed(self, code: int, reason: str) -> None:
+        """A connection that had joined a room ended with ``code``."""
+
+    def connection_refused(self, status: int) -> None:
+        """An upgrade was refused with HTTP ``status``."""
+
+    def room_loaded(self, duration: float) -> None:
+        """A room was loaded in ``duration`` seconds."""
+
+    def room_unloaded(self) -> None:
+        """A room was unloaded."""
+
+    def committed(self, updates: int, size: int, duration: float) -> None:
+        """A commit of ``updates`` updates (``size`` bytes) took ``duration`` seconds."""
 
 
 _METHODS: dict[type[Any], str] = {

@@ -17,8 +17,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import trio
 
@@ -44,7 +45,6 @@ from .protocol import (
     SyncStep2,
     SyncUpdate,
     UnknownMessage,
-    encode,
     validate_update,
 )
 from .store import Store, StoreError
@@ -88,6 +88,43 @@ _TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
 }
 
 
+def _identity_of(origin: object) -> str | None:
+    # Updates come from peers (their identity), from the HTTP API or another server (a name).
+    if isinstance(origin, Peer):
+        return origin.identity
+    return origin if isinstance(origin, str) else None
+
+
+class RoomEvents(Protocol):
+    """What a room tells whoever runs it (the server: hooks and metrics). Called
+    synchronously: must be quick and must not raise."""
+
+    def loaded(self, room: Room, duration: float) -> None:
+        """The room loaded its stored document in ``duration`` seconds."""
+
+    def committed(
+        self, room: Room, updates: Sequence[bytes], origins: Sequence[str | None], duration: float
+    ) -> None:
+        """``updates`` (sent by ``origins``: identities, or ``None``) were committed in
+        ``duration`` seconds."""
+
+    def sent(self, kind: str, receivers: int, size: int) -> None:
+        """A message of ``kind`` and ``size`` bytes went to ``receivers`` peers."""
+
+
+class _NoEvents:
+    def loaded(self, room: Room, duration: float) -> None:
+        pass
+
+    def committed(
+        self, room: Room, updates: Sequence[bytes], origins: Sequence[str | None], duration: float
+    ) -> None:
+        pass
+
+    def sent(self, kind: str, receivers: int, size: int) -> None:
+        pass
+
+
 class Peer:
     """A connection inside a room, with what the room remembers about it.
 
@@ -104,14 +141,25 @@ class Peer:
         "_awareness_mark",
         "_told_read_only",
         "connection",
+        "identity",
+        "opened_at",
         "presence",
         "read_only",
     )
 
     def __init__(
-        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+        self,
+        connection: Connection,
+        *,
+        read_only: bool = False,
+        presence: bool = True,
+        identity: str | None = None,
     ) -> None:
         self.connection = connection
+        #: Who it is (the grant's identity), for hooks and logs.
+        self.identity = identity
+        #: When it joined (trio's clock), for the server's logs.
+        self.opened_at = 0.0
         #: Whether the peer may only read: its updates are never applied.
         self.read_only = read_only
         #: Whether the peer's awareness (presence) is accepted.
@@ -155,6 +203,7 @@ class Room:
             grown by at least the size of the last snapshot.
         compact_after_bytes: compact the stored log once it has grown by this many bytes.
         store_retries: how many times a failed commit is retried before the room gives up.
+        events: told about loads, commits and sends (see :class:`RoomEvents`).
     """
 
     def __init__(
@@ -167,8 +216,10 @@ class Room:
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
         store_retries: int = 5,
+        events: RoomEvents | None = None,
     ) -> None:
         self.name = name
+        self.events: RoomEvents = _NoEvents() if events is None else events
         self.store = store
         self.backend = backend
         self.document: Document = new_document(backend)
@@ -183,6 +234,7 @@ class Room:
         self._receivers: set[Peer] = set()
         # Write-ahead state: updates not yet committed, and what to do once they are.
         self._uncommitted: list[bytes] = []
+        self._uncommitted_origins: list[str | None] = []
         # The state vector before the first uncommitted update.
         self._batch_base = b"\x00"
         self._after_commit: list[Callable[[], None]] = []
@@ -233,7 +285,9 @@ class Room:
         on the way out (unless it failed).
         """
         try:
+            started = trio.current_time()
             await self._load()
+            self.events.loaded(self, trio.current_time() - started)
             if self._state is not RoomState.LOADING:
                 task_status.started()
                 return  # stopped while loading
@@ -272,6 +326,7 @@ class Room:
         self.peers.clear()
         self._receivers.clear()
         self._uncommitted.clear()
+        self._uncommitted_origins.clear()
         self._after_commit.clear()
         self._unobserve()
         self.document.close()
@@ -287,6 +342,7 @@ class Room:
         self._enter(RoomState.FAILED)
         self.failure = exc
         self._uncommitted.clear()
+        self._uncommitted_origins.clear()
         self._after_commit.clear()
         self._committed_idle.set()
         for peer in tuple(self.peers):
@@ -298,8 +354,9 @@ class Room:
 
     @contextmanager
     def reserved(self) -> Iterator[None]:
-        """Keep the room loaded while a peer is on its way in (between loading and joining)."""
-        if not self.accepting:
+        """Keep the room loaded while a peer is on its way in (from before it is loaded until it
+        has joined)."""
+        if self._state not in (RoomState.LOADING, RoomState.OPEN):
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         self._reservations += 1
         try:
@@ -345,7 +402,12 @@ class Room:
     # -- peers ---------------------------------------------------------------------------
 
     def join(
-        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+        self,
+        connection: Connection,
+        *,
+        read_only: bool = False,
+        presence: bool = True,
+        identity: str | None = None,
     ) -> Peer:
         """Add a peer on ``connection``: send it our state vector and the current awareness.
 
@@ -363,17 +425,17 @@ class Room:
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         # Everything that can fail happens before the peer is added.
         try:
-            greeting = [OutgoingMessage(encode(SyncStep1(self.document.state_vector())))]
+            greeting = [OutgoingMessage.of(SyncStep1(self.document.state_vector()))]
             if len(self.awareness):
-                greeting.append(OutgoingMessage(encode(self.awareness.update_message())))
+                greeting.append(OutgoingMessage.of(self.awareness.update_message()))
         except Exception as exc:
             self._fail_on_bug(exc, "greeting a peer")
             raise RoomClosedError(f"room {self.name!r} failed") from exc
-        peer = Peer(connection, read_only=read_only, presence=presence)
+        peer = Peer(connection, read_only=read_only, presence=presence, identity=identity)
         self.peers.add(peer)
         self._idle_changed.set()
         for message in greeting:
-            peer.send(message)
+            self._unicast(peer, message)
         return peer
 
     def leave(self, peer: Peer) -> None:
@@ -410,7 +472,7 @@ class Room:
                 self._apply_awareness(peer, message)
         elif isinstance(message, QueryAwareness):
             if not peer._in_flight(peer._awareness_mark):
-                peer.send(OutgoingMessage(encode(self.awareness.update_message())))
+                self._unicast(peer, OutgoingMessage.of(self.awareness.update_message()))
                 peer._awareness_mark = peer.connection.bytes_queued
         elif isinstance(message, PermissionDenied):
             pass  # only servers send it
@@ -423,20 +485,49 @@ class Room:
             # an update that would change something is worth a refusal.
             if update != EMPTY_UPDATE and not peer._told_read_only:
                 peer._told_read_only = True
-                peer.send(OutgoingMessage(encode(PermissionDenied("read-only access"))))
+                self._unicast(peer, OutgoingMessage.of(PermissionDenied("read-only access")))
             return
+        self._apply_update(update, peer)
+
+    def _apply_update(self, update: bytes, origin: object) -> bool:
+        """Apply ``update`` to the document; ``False`` if that failed the room.
+
+        Raises:
+            DocumentError: the document library refused the update (the sender's fault).
+        """
         if not self._uncommitted:
             self._batch_base = self.document.state_vector()
         try:
-            self.document.apply_update(update, origin=peer)
+            self.document.apply_update(update, origin=origin)
         except DocumentBrokenError as exc:
             self._fail_on_bug(exc, "applying an update")
+            return False
         except DocumentError:
             raise
         except BaseException as exc:
             if must_propagate(exc):
                 raise
             self._fail_on_bug(exc, "applying an update")
+            return False
+        return True
+
+    async def submit(self, update: bytes, origin: str) -> None:
+        """Apply a validated update from outside the room's peers (the HTTP API), as if a peer
+        had sent it: it is committed and broadcast to every peer. Returns once it is committed.
+
+        Args:
+            update: a v1 update (validate it first: :func:`~trio_ysync.protocol.validate_update`).
+            origin: who sent it, for hooks (an identity, or ``"http"``).
+
+        Raises:
+            DocumentError: the document library refused the update.
+            RoomClosedError: the room is not open, or failed.
+        """
+        if not self.accepting or not self._apply_update(update, origin):
+            raise RoomClosedError(f"room {self.name!r} is not accepting updates")
+        await self._flush()
+        if self.failure is not None:
+            raise RoomClosedError(f"room {self.name!r} failed")
 
     def _request_document(self, peer: Peer, state_vector: bytes) -> None:
         if peer._answer_requested or peer._in_flight(peer._answer_mark):
@@ -463,7 +554,7 @@ class Room:
             )
             peer.close(exc.close_code, "invalid state vector")
             return
-        peer.send(OutgoingMessage(encode(SyncStep2(update))))
+        self._unicast(peer, OutgoingMessage.of(SyncStep2(update)))
         peer._answer_mark = peer.connection.bytes_queued
         self._receivers.add(peer)
 
@@ -481,8 +572,15 @@ class Room:
     # -- document updates ----------------------------------------------------------------
 
     def _on_document_update(self, update: bytes, origin: object) -> None:
-        message = OutgoingMessage(encode(SyncUpdate(update)))
+        message = OutgoingMessage.of(SyncUpdate(update))
         self._uncommitted.append(update)
+        self._uncommitted_origins.append(
+            origin.identity
+            if isinstance(origin, Peer)
+            else origin
+            if isinstance(origin, str)
+            else None
+        )
         if self.broadcast_before_commit:
             self._broadcast(message, exclude=origin)
         else:
@@ -491,16 +589,25 @@ class Room:
         self._commit_wanted.set()
 
     def _broadcast(self, message: OutgoingMessage, exclude: object = None) -> None:
-        for peer in tuple(self._receivers):
+        receivers = tuple(self._receivers)
+        for peer in receivers:
             if peer is not exclude:
                 peer.send(message)
+        count = len(receivers) - (exclude in self._receivers)
+        self.events.sent(message.kind, count, len(message))
 
     def _broadcast_awareness(self, change: AwarenessChange) -> None:
         # Everyone, the sender too: the echo of a client's 15 s renewal is what keeps
         # y-websocket's 30 s receive watchdog quiet in an idle room.
-        message = OutgoingMessage(encode(self.awareness.update_message(change.client_ids)))
-        for peer in tuple(self.peers):
+        message = OutgoingMessage.of(self.awareness.update_message(change.client_ids))
+        peers = tuple(self.peers)
+        for peer in peers:
             peer.send(message)
+        self.events.sent(message.kind, len(peers), len(message))
+
+    def _unicast(self, peer: Peer, message: OutgoingMessage) -> None:
+        peer.send(message)
+        self.events.sent(message.kind, 1, len(message))
 
     # -- store ---------------------------------------------------------------------------
 
@@ -509,9 +616,13 @@ class Room:
             await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
             updates, self._uncommitted = self._uncommitted, []
+            origins, self._uncommitted_origins = self._uncommitted_origins, []
             actions, self._after_commit = self._after_commit, []
-            if updates and not (self._document_sound() and await self._append(updates)):
-                return
+            if updates:
+                started = trio.current_time()
+                if not (self._document_sound() and await self._append(updates)):
+                    return
+                self.events.committed(self, updates, origins, trio.current_time() - started)
             try:
                 for action in actions:
                     action()

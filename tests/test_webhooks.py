@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from nodejs import requires_node, webhook_receiver
+from nodejs import js_client, requires_node, webhook_receiver, ws_url
 from standardwebhooks import Webhook, WebhookVerificationError
 from test_adapters import start_hypercorn
+from wsclient import http_get
 
 from trio_ysync.hooks import ConnectionClosed, ConnectionOpened, DocumentChanged, HookRunner
+from trio_ysync.server import RoomServer
 from trio_ysync.webhooks import (
     CONNECTION_CLOSED,
     CONNECTION_OPENED,
@@ -304,8 +306,9 @@ async def test_connection_events_are_sent_only_when_asked(
             runner.emit(OPENED)
             await trio.sleep(1)
             runner.emit(changed("notes"))
+            await trio.sleep(0.5)
             runner.emit(CLOSED)
-            opened, closed, change = [await receiver.next() for _ in range(3)]
+            opened, change, closed = [await receiver.next() for _ in range(3)]
     assert opened.payload["type"] == CONNECTION_OPENED
     assert opened.at - start == pytest.approx(0, abs=0.1)  # not debounced
     assert opened.data == {
@@ -325,8 +328,10 @@ async def test_connection_events_are_sent_only_when_asked(
         "reason": "bye",
         "duration": 61.25,
     }
+    # The change goes before the closing, without waiting for the debounce.
     assert change.payload["type"] == ROOM_CHANGED
-    assert change.at - start == pytest.approx(3, abs=0.1)
+    assert change.at - start == pytest.approx(1.5, abs=0.1)
+    assert closed.at - start == pytest.approx(1.5, abs=0.1)
 
 
 async def test_a_room_is_sent_in_order_and_rooms_at_most_concurrency_at_a_time(
@@ -520,8 +525,61 @@ async def test_a_node_receiver_verifies_them_with_the_standardwebhooks_package(r
     assert all(line["verified"] for line in lines), lines
     assert [line["event"]["type"] for line in lines] == [
         CONNECTION_OPENED,
-        CONNECTION_CLOSED,
         ROOM_CHANGED,
+        CONNECTION_CLOSED,
     ]
-    assert lines[2]["event"]["data"]["room"] == "notes"
+    assert lines[1]["event"]["data"]["room"] == "notes"
     assert len({line["id"] for line in lines}) == 3
+
+
+@requires_node
+async def test_a_server_with_real_clients_editing_tells_a_real_endpoint(
+    nursery: trio.Nursery,
+) -> None:
+    """End to end, in real time: y-websocket clients edit a room of a RoomServer; the endpoint
+    fails the first change once, receives it again, and reads the document from the HTTP API."""
+    receiver = await serve_receiver(nursery, Webhook(SECRET))
+    failed_once = False
+
+    def fail_the_first_change(received: Received) -> tuple[int, dict[str, str]]:
+        nonlocal failed_once
+        if received.payload["type"] == ROOM_CHANGED and not failed_once:
+            failed_once = True
+            return 500, {}
+        return 200, {}
+
+    receiver.respond = fail_the_first_change
+    webhooks = Webhooks(
+        receiver.url, SECRET, events=EVENT_TYPES, debounce=0.2, max_delay=1.0, retry_delay=0.1
+    )
+    server = RoomServer(hooks=[webhooks], room_grace_period=0)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    with trio.fail_after(30):
+        async with (
+            js_client(ws_url(port), "shared", name="a") as a,
+            js_client(ws_url(port), "shared", name="b") as b,
+        ):
+            await a.wait_synced()
+            await b.wait_synced()
+            await a.insert(0, "hello")
+            await b.wait_text("hello")
+            await b.insert(5, " world")
+            await a.wait_text("hello world")
+        requests = [await receiver.next()]
+        while sum(r.payload["type"] == CONNECTION_CLOSED for r in requests) < 2:
+            requests.append(await receiver.next())
+        status, document = await http_get(port, "/api/rooms/shared/json")
+    server.shutdown()
+    kinds = [r.payload["type"] for r in requests]
+    assert kinds[:2] == [CONNECTION_OPENED, CONNECTION_OPENED]
+    assert kinds[-2:] == [CONNECTION_CLOSED, CONNECTION_CLOSED]
+    changes = requests[2:-2]
+    assert {r.payload["type"] for r in changes} == {ROOM_CHANGED}
+    # The failed one came again: same id, same body.
+    assert changes[0].headers["webhook-id"] == changes[1].headers["webhook-id"]
+    assert changes[0].body == changes[1].body
+    assert len({r.headers["webhook-id"] for r in changes}) == len(changes) - 1
+    assert sum(r.data["updates"] for r in changes[1:]) >= 2  # both edits, perhaps in one
+    assert all(r.data["room"] == "shared" for r in requests)
+    assert status == 200
+    assert json.loads(document) == {"t": "hello world"}

@@ -324,6 +324,8 @@ class Webhooks(ServerHooks):
 
     Add it to a server's hooks; the server runs it (:meth:`run`) and closes it (:meth:`aclose`).
     Its event methods only record and never wait; the requests are sent by tasks of its own.
+    A room's requests go in the order of its events: a connection event sends the room's
+    changes gathered so far first, without waiting for the debounce.
 
     Args:
         url: the endpoint (``http://`` or ``https://``).
@@ -470,29 +472,37 @@ class Webhooks(ServerHooks):
 
     async def connection_opened(self, event: ConnectionOpened) -> None:
         """Queues a ``connection.opened`` delivery, if asked for."""
-        if CONNECTION_OPENED in self.events and self._outbox.reserve():
-            data = {
-                "room": event.room,
-                "connection_id": event.connection_id,
-                "client": event.client,
-                "identity": event.identity,
-                "read_only": event.read_only,
-            }
-            self._outbox.put(_Delivery(CONNECTION_OPENED, event.room, time.time(), data))
+        self._connection_event(CONNECTION_OPENED, event, read_only=event.read_only)
 
     async def connection_closed(self, event: ConnectionClosed) -> None:
         """Queues a ``connection.closed`` delivery, if asked for."""
-        if CONNECTION_CLOSED in self.events and self._outbox.reserve():
+        self._connection_event(
+            CONNECTION_CLOSED,
+            event,
+            code=event.code,
+            reason=event.reason,
+            duration=round(event.duration, 3),
+        )
+
+    def _connection_event(
+        self, kind: str, event: ConnectionOpened | ConnectionClosed, **details: object
+    ) -> None:
+        if kind not in self.events:
+            return
+        # The room's changes so far go first, undebounced, so a room's deliveries keep the
+        # order of its events (the last edit of a connection is told before its closing).
+        changes = self._pending.get(event.room)
+        if changes is not None:
+            self._flush(changes)
+        if self._outbox.reserve():
             data = {
                 "room": event.room,
                 "connection_id": event.connection_id,
                 "client": event.client,
                 "identity": event.identity,
-                "code": event.code,
-                "reason": event.reason,
-                "duration": round(event.duration, 3),
+                **details,
             }
-            self._outbox.put(_Delivery(CONNECTION_CLOSED, event.room, time.time(), data))
+            self._outbox.put(_Delivery(kind, event.room, time.time(), data))
 
     def _due(self, changes: _Changes) -> Callable[[], None]:
         def due() -> None:

@@ -288,6 +288,19 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
         help="answer /metrics only to requests with the bearer token in FILE",
     )
     operations.add_argument(
+        "--presence-interval",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="gather a room's awareness changes over this long into one message per client "
+        "(default: 0, each change at once)",
+    )
+    operations.add_argument(
+        "--echo-updates",
+        action="store_true",
+        help="send each update back to its sender too (y-websocket 4's sync-status)",
+    )
+    operations.add_argument(
         "--no-http-api",
         dest="http_api",
         action="store_false",
@@ -423,6 +436,8 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
             else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
         ),
         http_api=args.http_api,
+        presence_interval=args.presence_interval,
+        echo_updates=args.echo_updates,
     )
     # The port is bound before the store opens, so a server that cannot listen creates no
     # file; the store closes after the server has flushed its rooms.

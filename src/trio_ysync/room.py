@@ -17,8 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -49,14 +48,12 @@ from .protocol import (
 )
 from .store import Store, StoreError
 from .store.merge import with_pending
+from .timers import Timer, Timers
 
 __all__ = ["Peer", "Room", "RoomClosedError", "RoomState"]
 
 logger = logging.getLogger("trio_ysync.room")
 
-#: How often awareness states are checked for expiry (y-protocols checks every tenth of the
-#: 30 s timeout).
-AWARENESS_CHECK_INTERVAL = 3.0
 #: How many awareness client IDs one connection may speak for (a y-websocket client has one).
 MAX_AWARENESS_CLIENTS_PER_PEER = 16
 
@@ -204,6 +201,13 @@ class Room:
         compact_after_bytes: compact the stored log once it has grown by this many bytes.
         store_retries: how many times a failed commit is retried before the room gives up.
         events: told about loads, commits and sends (see :class:`RoomEvents`).
+        timers: the timers that expire awareness states and send coalesced presence (a
+            server's, shared by all its rooms; by default the room runs its own).
+        presence_interval: seconds over which awareness changes are gathered into one message
+            to every peer (0: each change is sent at once). With many clients moving cursors,
+            this turns N changes into one message per peer instead of N.
+        echo_updates: send each update back to the peer it came from too (as the reference
+            server does; y-websocket 4's ``sync-status`` relies on it to confirm local edits).
     """
 
     def __init__(
@@ -217,6 +221,9 @@ class Room:
         compact_after_bytes: int = 4 * 1024 * 1024,
         store_retries: int = 5,
         events: RoomEvents | None = None,
+        timers: Timers | None = None,
+        presence_interval: float = 0.0,
+        echo_updates: bool = False,
     ) -> None:
         self.name = name
         self.events: RoomEvents = _NoEvents() if events is None else events
@@ -238,9 +245,17 @@ class Room:
         # The state vector before the first uncommitted update.
         self._batch_base = b"\x00"
         self._after_commit: list[Callable[[], None]] = []
-        self._commit_wanted = trio.Event()
+        self._committing = False
         self._committed_idle = trio.Event()
         self._committed_idle.set()
+        self._nursery: trio.Nursery | None = None
+        self._own_timers = timers is None
+        self._timers = Timers() if timers is None else timers
+        self._expiry: Timer | None = None
+        self.presence_interval = presence_interval
+        self.echo_updates = echo_updates
+        self._pending_presence: dict[int, None] = {}
+        self._presence_timer: Timer | None = None
         self._log_entries = 0
         self._log_bytes = 0
         self._compacting = False
@@ -295,8 +310,10 @@ class Room:
             self.ready.set()
             task_status.started()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._commit_forever, nursery)
-                nursery.start_soon(self._expire_awareness_forever)
+                # Commits and compactions run here, each only while it has work.
+                self._nursery = nursery
+                if self._own_timers:
+                    await nursery.start(self._timers.run)
                 await self._wait_until_idle(idle_timeout)
                 if self.state is RoomState.OPEN:
                     self._enter(RoomState.UNLOADING)
@@ -328,6 +345,10 @@ class Room:
         self._uncommitted.clear()
         self._uncommitted_origins.clear()
         self._after_commit.clear()
+        self._nursery = None
+        for timer in (self._expiry, self._presence_timer):
+            if timer is not None:
+                timer.cancel()
         self._unobserve()
         self.document.close()
         self.ready.set()
@@ -352,18 +373,21 @@ class Room:
         logger.error("room %r failed while %s", self.name, what, exc_info=exc)
         self._fail(exc, "internal error")
 
-    @contextmanager
-    def reserved(self) -> Iterator[None]:
-        """Keep the room loaded while a peer is on its way in (from before it is loaded until it
-        has joined)."""
+    def reserve(self) -> None:
+        """Keep the room loaded while a peer is on its way in, from before it is loaded until
+        it has joined; :meth:`unreserve` once it has joined or given up.
+
+        Raises:
+            RoomClosedError: the room is unloading or closed.
+        """
         if self._state not in (RoomState.LOADING, RoomState.OPEN):
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         self._reservations += 1
-        try:
-            yield
-        finally:
-            self._reservations -= 1
-            self._idle_changed.set()
+
+    def unreserve(self) -> None:
+        """Release a :meth:`reserve`."""
+        self._reservations -= 1
+        self._idle_changed.set()
 
     @property
     def _in_use(self) -> bool:
@@ -449,6 +473,7 @@ class Room:
         change = self.awareness.remove_controlled_by(peer, trio.current_time())
         if change and self._state is RoomState.OPEN:
             self._broadcast_awareness(change)
+            self._schedule_expiry()
 
     def handle(self, peer: Peer, message: Message) -> None:
         """Handle one decoded, validated message from ``peer``.
@@ -533,7 +558,7 @@ class Room:
         if peer._answer_requested or peer._in_flight(peer._answer_mark):
             return  # the answer on its way covers this request too
         peer._answer_requested = True
-        if self._after_commit:
+        if self._after_commit or (self._committing and not self.broadcast_before_commit):
             # Answer once what the document holds now is durable.
             self._after_commit.append(lambda: self._answer(peer, state_vector))
         else:
@@ -568,25 +593,20 @@ class Room:
         change = self.awareness.apply(message.entries, trio.current_time(), origin=peer)
         if change:
             self._broadcast_awareness(change)
+            self._schedule_expiry()
 
     # -- document updates ----------------------------------------------------------------
 
     def _on_document_update(self, update: bytes, origin: object) -> None:
         message = OutgoingMessage.of(SyncUpdate(update))
         self._uncommitted.append(update)
-        self._uncommitted_origins.append(
-            origin.identity
-            if isinstance(origin, Peer)
-            else origin
-            if isinstance(origin, str)
-            else None
-        )
+        self._uncommitted_origins.append(_identity_of(origin))
+        exclude = None if self.echo_updates else origin
         if self.broadcast_before_commit:
-            self._broadcast(message, exclude=origin)
+            self._broadcast(message, exclude=exclude)
         else:
-            self._after_commit.append(lambda: self._broadcast(message, exclude=origin))
-        self._committed_idle = trio.Event()
-        self._commit_wanted.set()
+            self._after_commit.append(lambda: self._broadcast(message, exclude=exclude))
+        self._request_commit()
 
     def _broadcast(self, message: OutgoingMessage, exclude: object = None) -> None:
         receivers = tuple(self._receivers)
@@ -597,13 +617,45 @@ class Room:
         self.events.sent(message.kind, count, len(message))
 
     def _broadcast_awareness(self, change: AwarenessChange) -> None:
+        self._pending_presence.update(dict.fromkeys(change.client_ids))
+        if self.presence_interval <= 0:
+            self._send_presence()
+        elif self._presence_timer is None:
+            self._presence_timer = self._timers.call_later(
+                self.presence_interval, self._send_presence
+            )
+
+    def _send_presence(self) -> None:
         # Everyone, the sender too: the echo of a client's 15 s renewal is what keeps
-        # y-websocket's 30 s receive watchdog quiet in an idle room.
-        message = OutgoingMessage.of(self.awareness.update_message(change.client_ids))
+        # y-websocket's 30 s receive watchdog quiet in an idle room. Each client's entry says
+        # its latest state and clock, so changes gathered over the interval lose nothing.
+        self._presence_timer = None
+        client_ids, self._pending_presence = list(self._pending_presence), {}
+        if not client_ids or self._state is not RoomState.OPEN:
+            return
+        message = OutgoingMessage.of(self.awareness.update_message(client_ids))
         peers = tuple(self.peers)
         for peer in peers:
             peer.send(message)
         self.events.sent(message.kind, len(peers), len(message))
+
+    def _schedule_expiry(self) -> None:
+        # One timer per room, due when the earliest state can expire; rescheduled when it fires.
+        due = self.awareness.next_check()
+        if due is None or (self._expiry is not None and self._expiry.deadline <= due):
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self._timers.call_at(due, self._expire_awareness)
+
+    def _expire_awareness(self) -> None:
+        self._expiry = None
+        if self._state is not RoomState.OPEN:
+            return
+        _, expired = self.awareness.check(trio.current_time())
+        if expired:
+            self._broadcast_awareness(expired)
+        self._schedule_expiry()
 
     def _unicast(self, peer: Peer, message: OutgoingMessage) -> None:
         peer.send(message)
@@ -611,30 +663,40 @@ class Room:
 
     # -- store ---------------------------------------------------------------------------
 
-    async def _commit_forever(self, nursery: trio.Nursery) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted = trio.Event()
-            updates, self._uncommitted = self._uncommitted, []
-            origins, self._uncommitted_origins = self._uncommitted_origins, []
-            actions, self._after_commit = self._after_commit, []
-            if updates:
-                started = trio.current_time()
-                if not (self._document_sound() and await self._append(updates)):
+    def _request_commit(self) -> None:
+        if self._committed_idle.is_set():
+            self._committed_idle = trio.Event()
+        if not self._committing and self._nursery is not None:
+            self._committing = True
+            self._nursery.start_soon(self._commit_queued)
+
+    async def _commit_queued(self) -> None:
+        # Commits whatever was queued, in batches, until nothing is left; started again by the
+        # next update. A quiet room has no commit task.
+        try:
+            while self._uncommitted or self._after_commit:
+                updates, self._uncommitted = self._uncommitted, []
+                origins, self._uncommitted_origins = self._uncommitted_origins, []
+                actions, self._after_commit = self._after_commit, []
+                if updates:
+                    started = trio.current_time()
+                    if not (self._document_sound() and await self._append(updates)):
+                        return
+                    self.events.committed(self, updates, origins, trio.current_time() - started)
+                try:
+                    for action in actions:
+                        action()
+                except Exception as exc:
+                    self._fail_on_bug(exc, "acting on a commit")
                     return
-                self.events.committed(self, updates, origins, trio.current_time() - started)
-            try:
-                for action in actions:
-                    action()
-            except Exception as exc:
-                self._fail_on_bug(exc, "acting on a commit")
-                return
+                if not self._compacting and self._compaction_due() and self._nursery is not None:
+                    # In the background: commits go on while the log is merged.
+                    self._compacting = True
+                    self._nursery.start_soon(self._compact)
+        finally:
+            self._committing = False
             if not self._uncommitted:
                 self._committed_idle.set()
-            if not self._compacting and self._compaction_due():
-                # In the background: commits go on while the log is merged.
-                self._compacting = True
-                nursery.start_soon(self._compact)
 
     def _document_sound(self) -> bool:
         # Some updates apply cleanly and only make a later encoding fail. Encoding what the
@@ -702,17 +764,11 @@ class Room:
         self._snapshot_bytes = len(snapshot)
 
     async def _flush(self) -> None:
-        self._commit_wanted.set()
+        if self._uncommitted or self._after_commit:
+            self._request_commit()
         await self._committed_idle.wait()
 
     async def _compact_on_unload(self) -> None:
         if self._log_entries > 1:
             with trio.CancelScope(shield=True):
                 await self._compact()
-
-    async def _expire_awareness_forever(self) -> None:
-        while True:
-            await trio.sleep(AWARENESS_CHECK_INTERVAL)
-            _, expired = self.awareness.check(trio.current_time())
-            if expired:
-                self._broadcast_awareness(expired)

@@ -100,6 +100,10 @@ class RoomServer:
         metrics_token: when given, ``/metrics`` answers only requests with this bearer token.
         http_api: answer the HTTP API for documents under ``/api/rooms`` (see
             :mod:`trio_ysync.api`).
+        presence_interval: seconds over which a room gathers awareness changes into one
+            message per peer (see :class:`~trio_ysync.room.Room`; 0 sends each change at once).
+        echo_updates: send each update back to its sender too (y-websocket 4's
+            ``sync-status``; see :class:`~trio_ysync.room.Room`).
     """
 
     def __init__(
@@ -127,6 +131,8 @@ class RoomServer:
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
         http_api: bool = True,
+        presence_interval: float = 0.0,
+        echo_updates: bool = False,
     ) -> None:
         self.store: Store = MemoryStore() if store is None else store
         self.backend = backend
@@ -155,6 +161,8 @@ class RoomServer:
         self.instruments: Instruments = Instruments() if metrics is None else metrics
         self.hooks = HookRunner(hooks)
         self.api = DocumentAPI(self) if http_api else None
+        self.presence_interval = presence_interval
+        self.echo_updates = echo_updates
         self._connections = 0
         self._deleting: set[str] = set()
         self._room_events = _RoomEvents(self)
@@ -273,6 +281,7 @@ class RoomServer:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             max_fragments=self.max_fragments,
+            timers=self.timers,
         )
         request = None
         try:
@@ -326,12 +335,15 @@ class RoomServer:
             grant = await self._authorize(pending, who)
             if grant is None:
                 return
-            async with self.open_room(request.room) as room:
+            room = await self._reserve_room(request.room)
+            try:
                 connection: Connection | None = None
                 with trio.move_on_after(self.handshake_timeout):
                     connection = await pending.accept()
                 if connection is not None:
                     await self._run_peer(room, connection, grant, who)
+            finally:
+                room.unreserve()
         except RoomClosedError as exc:
             logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
             await self._refuse(pending, exc, who)
@@ -348,14 +360,13 @@ class RoomServer:
     async def _authorize(self, pending: PendingConnection, who: str) -> Grant | None:
         """The request's grant, or ``None`` once it has been refused."""
         try:
-            with trio.fail_after(self.handshake_timeout):
+            with trio.move_on_after(self.handshake_timeout):
                 return await self.authorize(pending.request)
+            logger.error("%s: the authorize hook did not answer in time", who)
+            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except YSyncError as exc:
             self.admission.log_refusal(who, exc)
             await self._refuse(pending, exc, who)
-        except trio.TooSlowError:
-            logger.error("%s: the authorize hook did not answer in time", who)
-            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except Exception:
             logger.exception("%s: the authorize hook failed", who)
             await self._refuse(pending, YSyncError("authorization failed"), who)
@@ -491,11 +502,21 @@ class RoomServer:
     @asynccontextmanager
     async def open_room(self, name: str) -> AsyncIterator[Room]:
         """The loaded room ``name`` (created and loaded if needed), kept loaded while the
-        ``async with`` block runs, so a peer can finish its handshake before it joins.
+        ``async with`` block runs.
 
         Raises:
             RoomClosedError: the server is shutting down or the room could not be loaded.
+            ServerFull: loading another room would pass :attr:`Limits.max_rooms`.
         """
+        room = await self._reserve_room(name)
+        try:
+            yield room
+        finally:
+            room.unreserve()
+
+    async def _reserve_room(self, name: str) -> Room:
+        """The loaded room ``name``, reserved (see :meth:`Room.reserve`): the caller must
+        ``unreserve()`` it."""
         while True:
             if self._shutdown.is_set() or self._rooms_nursery is None:
                 raise RoomClosedError("the server is shutting down")
@@ -514,16 +535,23 @@ class RoomServer:
                     compact_after_updates=self.compact_after_updates,
                     compact_after_bytes=self.compact_after_bytes,
                     events=self._room_events,
+                    timers=self.timers,
+                    presence_interval=self.presence_interval,
+                    echo_updates=self.echo_updates,
                 )
                 self._rooms[name] = room
                 self._rooms_nursery.start_soon(self._run_room, room)
             if room.state in (RoomState.LOADING, RoomState.OPEN):
                 # Reserved before it is ready, so it cannot unload between its load and us.
-                with room.reserved():
+                room.reserve()
+                try:
                     await room.ready.wait()
-                    if room.accepting:
-                        yield room
-                        return
+                except BaseException:
+                    room.unreserve()
+                    raise
+                if room.accepting:
+                    return room
+                room.unreserve()
             if created and room.failure is not None:
                 raise RoomClosedError(f"room {name!r} could not be loaded")
             # The room is unloading or failed: wait until it is gone, then load it afresh.

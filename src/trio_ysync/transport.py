@@ -11,6 +11,7 @@ writer, so bytes never interleave.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import struct
@@ -18,18 +19,17 @@ from typing import Any
 
 import h11
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
 
 from .connection import (
     ConnectionRequest,
@@ -51,6 +51,7 @@ from .errors import (
     UnsupportedMessageError,
     YSyncError,
 )
+from .timers import Timer, Timers
 
 __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
@@ -167,6 +168,28 @@ def stream_peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return None
 
 
+def _check_upgrade(method: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """The ``Sec-WebSocket-Key`` of a valid upgrade request (RFC 6455, section 4.2.1).
+
+    Raises:
+        ProtocolError: it is not a valid WebSocket upgrade (HTTP 400).
+    """
+    if method != b"GET":
+        raise ProtocolError("a WebSocket upgrade must be a GET request")
+    if "upgrade" not in (t.lower() for t in split_comma_header(fields.get(b"connection", b""))):
+        raise ProtocolError("missing 'Connection: Upgrade'")
+    if fields.get(b"sec-websocket-version") != b"13":
+        raise ProtocolError("unsupported WebSocket version (this server speaks version 13)")
+    key = fields.get(b"sec-websocket-key", b"")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ProtocolError("missing or invalid Sec-WebSocket-Key")
+    return key
+
+
 class ServerWebSocket(QueuedConnection):
     """One server-side WebSocket over a trio stream.
 
@@ -180,6 +203,7 @@ class ServerWebSocket(QueuedConnection):
         ping_interval: seconds between pings; a connection that did not answer the previous
             ping by the next one is closed.
         max_fragments: how many frames one message may be split into.
+        timers: the server's timers, which send the pings (no timers, no pings).
     """
 
     def __init__(
@@ -191,6 +215,7 @@ class ServerWebSocket(QueuedConnection):
         close_timeout: float = 5.0,
         ping_interval: float = 30.0,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+        timers: Timers | None = None,
     ) -> None:
         self.client = stream_peer_address(stream)
         super().__init__(
@@ -202,10 +227,16 @@ class ServerWebSocket(QueuedConnection):
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._guard = FrameGuard(max_message_size, max_fragments)
-        self._ws = WSConnection(ConnectionType.SERVER)
-        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD)
+        # The frame layer of wsproto, created when the upgrade is accepted.
+        self._ws: WSConnection | None = None
+        self._key: bytes | None = None
+        self._trailing = b""
+        self._http: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD
+        )
         self._awaiting_pong = False
-        self._writing = False
+        self._timers = timers
+        self._ping_timer: Timer | None = None
         self._read_size = _MIN_READ_SIZE
         # Plain TCP sockets on POSIX can take a frame at once, without waking the writer task
         # (one system call instead of a task switch and a send_all per receiver). The socket
@@ -225,13 +256,15 @@ class ServerWebSocket(QueuedConnection):
         HTTP (``http_handler``, or 400 for a malformed request) or the client went away.
         """
         parser = self._http
+        assert parser is not None, "handshake() runs once"
         raw = bytearray()
         try:
             event = await self._next_http_event(parser, raw)
             if not isinstance(event, h11.Request):
                 return None
             headers = [(name.lower(), value) for name, value in event.headers]
-            if dict(headers).get(b"upgrade", b"").lower() != b"websocket":
+            fields = dict(headers)
+            if fields.get(b"upgrade", b"").lower() != b"websocket":
                 request = HTTPRequest(
                     method=event.method.decode("ascii"),
                     target=event.target.decode("ascii"),
@@ -240,17 +273,19 @@ class ServerWebSocket(QueuedConnection):
                 )
                 await self._send_http(parser, await http_handler(request))
                 return None
-            self._ws.receive_data(bytes(raw))
-            upgrade = next((e for e in self._ws.events() if isinstance(e, Request)), None)
-            if upgrade is None:
-                return None
+            self._key = _check_upgrade(event.method, fields)
+            self._trailing = parser.trailing_data[0]
             return ConnectionRequest.from_target(
-                upgrade.target,
-                upgrade.extra_headers,
-                subprotocols=upgrade.subprotocols,
+                event.target.decode("ascii"),
+                headers,
+                subprotocols=[
+                    protocol
+                    for value in (v for n, v in headers if n == b"sec-websocket-protocol")
+                    for protocol in split_comma_header(value)
+                ],
                 client=self.client,
             )
-        except (h11.RemoteProtocolError, RemoteProtocolError, YSyncError) as exc:
+        except (h11.RemoteProtocolError, YSyncError) as exc:
             status = exc.http_status if isinstance(exc, YSyncError) else 400
             logger.info("%s: refusing a bad HTTP request: %s", self.name, exc)
             await self._send_http(parser, HTTPResponse.text(status, str(exc)))
@@ -294,12 +329,25 @@ class ServerWebSocket(QueuedConnection):
     async def accept(self, subprotocol: str | None = None) -> ServerWebSocket:
         """Complete the upgrade. Extensions such as permessage-deflate are never negotiated:
         compression state is per connection, which would defeat encode-once broadcast."""
-        await self.stream.send_all(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        assert self._key is not None, "accept() follows a handshake() that returned a request"
+        # The answer is fixed but for two headers: written here rather than through a second
+        # HTTP state machine (wsproto's handshake layer), which cost a sixth of a connect storm.
+        response = [
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key) + b"\r\n",
+        ]
+        if subprotocol is not None:
+            response.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii") + b"\r\n")
+        await self.stream.send_all(b"".join(response) + b"\r\n")
+        self._ws = WSConnection(ConnectionType.SERVER, trailing_data=self._trailing)
+        self._http = None  # done with HTTP: an idle connection should not keep a parser
+        self._key = None
         return self
 
     async def refuse(self, status: int, reason: str) -> None:
         """Refuse the upgrade with a plain HTTP answer."""
-        await self._send_http(self._http, HTTPResponse.text(status, reason))
+        if self._http is not None:
+            await self._send_http(self._http, HTTPResponse.text(status, reason))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -308,7 +356,7 @@ class ServerWebSocket(QueuedConnection):
 
     def _write_now(self, data: bytes) -> bytes:
         socket = self._socket
-        if socket is None or self._writing or self._outgoing.size:
+        if socket is None:
             return data
         fd = socket.fileno()
         if fd < 0:
@@ -323,8 +371,7 @@ class ServerWebSocket(QueuedConnection):
 
     def _queue_control(self, frame: bytes) -> None:
         self._bytes_queued += len(frame)
-        if not self._outgoing.put(frame):
-            self._drop_slow_consumer()
+        self._queue(frame)
 
     def ping(self) -> bool:
         """Send a ping; ``False`` if the previous ping was never answered."""
@@ -332,36 +379,44 @@ class ServerWebSocket(QueuedConnection):
             return False
         if self.close_code is None:
             self._awaiting_pong = True
+            assert self._ws is not None, "pings start once the upgrade is accepted"
             self._queue_control(self._ws.send(Ping(b"")))
         return True
 
     def _announce_close(self, code: int, reason: str) -> None:
-        if self._ws.state is ConnectionState.OPEN:
+        if self._ws is not None and self._ws.state is ConnectionState.OPEN:
             self._queue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     async def _write(self, chunks: list[bytes]) -> None:
-        self._writing = True
-        try:
-            await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        finally:
-            self._writing = False
+        await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def _release(self) -> None:
         await trio.aclose_forcefully(self.stream)
 
     # -- running -------------------------------------------------------------------------
 
-    def _start_helpers(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._keep_alive)
+    def _start_helpers(self) -> None:
+        if self._timers is not None:
+            self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
-    async def _keep_alive(self) -> None:
-        while self.close_code is None:
-            await trio.sleep(self.ping_interval)
-            if not self.ping():
-                logger.info("%s: closing a connection that did not answer a ping", self.name)
-                self.close(CloseCode.GOING_AWAY, "ping timeout")
+    def _stop_helpers(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if self.close_code is not None or self._timers is None:
+            return
+        if not self.ping():
+            logger.info("%s: closing a connection that did not answer a ping", self.name)
+            self.close(CloseCode.GOING_AWAY, "ping timeout")
+            return
+        self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
     async def _read_all(self, on_message: MessageHandler) -> None:
+        frames = self._ws
+        assert frames is not None, "run() follows accept()"
         parts: list[bytes | bytearray] = []
         while True:
             try:
@@ -380,8 +435,8 @@ class ServerWebSocket(QueuedConnection):
                     self._refuse_input(exc)
                     await self._discard_input()
                     return
-            self._ws.receive_data(bytes(data))
-            for count, event in enumerate(self._ws.events(), 1):
+            frames.receive_data(bytes(data))
+            for count, event in enumerate(frames.events(), 1):
                 if not count % _EVENTS_PER_CHECKPOINT:
                     # One read can hold thousands of tiny frames: let other connections in.
                     await trio.lowlevel.checkpoint()
@@ -395,18 +450,18 @@ class ServerWebSocket(QueuedConnection):
                         await on_message(bytes(message))
                 elif isinstance(event, Ping):
                     if self.close_code is None:
-                        self._queue_control(self._ws.send(event.response()))
+                        self._queue_control(frames.send(event.response()))
                 elif isinstance(event, Pong):
                     self._awaiting_pong = False
                 elif isinstance(event, CloseConnection):
-                    if self._ws.state is ConnectionState.OPEN:
+                    if frames.state is ConnectionState.OPEN:
                         # wsproto could not parse a frame: it reports that as a close event.
                         self._refuse_input(FrameError(event.reason or "invalid frame"))
                         return
                     self._on_close(event)
                 elif isinstance(event, TextMessage) and self.close_code is None:
                     self._refuse_input(UnsupportedMessageError("text messages are not supported"))
-            if self._ws.state is ConnectionState.CLOSED:
+            if frames.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
 
     async def _receive(self) -> bytes | bytearray:
@@ -429,6 +484,7 @@ class ServerWebSocket(QueuedConnection):
             pass
 
     def _on_close(self, event: CloseConnection) -> None:
+        assert self._ws is not None
         if self.close_code is None:
             self.close_code = event.code
             self.close_reason = event.reason or ""

@@ -118,6 +118,12 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("trio-memory", "trio-ysync (memory)", "y-websocket", _trio_ysync("memory")),
         ServerSpec("trio-sqlite", "trio-ysync (SQLite)", "y-websocket", _trio_ysync("sqlite")),
         ServerSpec(
+            "trio-metrics",
+            "trio-ysync (memory, --metrics)",
+            "y-websocket",
+            _trio_ysync("memory", "--metrics"),
+        ),
+        ServerSpec(
             "trio-sqlite-early",
             "trio-ysync (SQLite, --broadcast-before-commit)",
             "y-websocket",

@@ -21,6 +21,7 @@ import trio
 from . import __version__
 from .auth import create_token, read_secret_file
 from .errors import DocumentError, ProtocolError
+from .hooks import ServerHooks
 from .limits import Limits
 from .logs import TEXT_FORMAT, JSONFormatter
 from .store import Store, StoreError, admin, open_store
@@ -288,6 +289,22 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
         help="answer /metrics only to requests with the bearer token in FILE",
     )
     operations.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="POST signed notices of room changes to URL (see the Integration page)",
+    )
+    operations.add_argument(
+        "--webhook-secret-file",
+        metavar="FILE",
+        help="the webhook signing secret: whsec_ and base64 (Standard Webhooks), or a raw key",
+    )
+    operations.add_argument(
+        "--webhook-events",
+        metavar="TYPES",
+        help="what to send, separated by commas: room.changed, connection.opened, "
+        "connection.closed (default: room.changed)",
+    )
+    operations.add_argument(
         "--presence-interval",
         type=_seconds,
         default=0.0,
@@ -438,6 +455,7 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         http_api=args.http_api,
         presence_interval=args.presence_interval,
         echo_updates=args.echo_updates,
+        hooks=_hooks(args),
     )
     # The port is bound before the store opens, so a server that cannot listen creates no
     # file; the store closes after the server has flushed its rooms.
@@ -457,6 +475,19 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
             print(f"demo editor: http://{base}/demo/", flush=True)
         started()
         await shutdown_on_signals(server)
+
+
+def _hooks(args: argparse.Namespace) -> list[ServerHooks]:
+    from .webhooks import Webhooks
+
+    if args.webhook is None:
+        if args.webhook_secret_file is not None or args.webhook_events is not None:
+            raise UsageError("--webhook-secret-file and --webhook-events need --webhook URL")
+        return []
+    try:
+        return [Webhooks.from_options(args.webhook, args.webhook_secret_file, args.webhook_events)]
+    except ValueError as exc:
+        raise UsageError(f"--webhook: {exc}") from exc
 
 
 def _limits(args: argparse.Namespace) -> Limits:

@@ -1,4 +1,4 @@
-"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``)."""
+"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``bench``, ``soak``)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,19 @@ def bench(session: nox.Session) -> None:
     with session.chdir(BENCH_DIR / "js"):
         session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
     session.run("python", str(BENCH_DIR / "bench.py"), *(session.posargs or ["all"]))
+
+
+SOAK_DIR = ROOT / "tests" / "soak"
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """A live server under steady y-websocket traffic, its RSS and descriptors sampled.
+
+    Three minutes by default; ``nox -s soak -- --minutes 60 --peer reference --check-growth``
+    is the acceptance run (beside @y/websocket-server). Writes soak-results.json; see
+    ``python tests/soak/soak.py --help`` for the traffic's sizes and the memory dumps.
+    """
+    session.install("-e", ".")
+    install_node_packages(session)
+    session.run("python", str(SOAK_DIR / "soak.py"), *session.posargs)

@@ -68,6 +68,14 @@ class MessagePeer(QueuedConnection):
         name: how log lines name the connection.
     """
 
+    __slots__ = (
+        "_close_connection",
+        "_disconnected",
+        "_receive_message",
+        "_send_message",
+        "max_message_size",
+    )
+
     def __init__(
         self,
         send_message: Callable[[bytes], Awaitable[None]],

@@ -358,9 +358,35 @@ class QueuedConnection(abc.ABC):
         max_buffered_bytes: the outgoing buffer's limit.
         close_timeout: seconds allowed for what is queued and the closing handshake.
         name: how log lines name the connection (its client address).
+        nursery: where the writer task runs (a server's nursery of connections); by default
+            :meth:`run` opens one of its own.
     """
 
-    def __init__(self, *, max_buffered_bytes: int, close_timeout: float, name: str) -> None:
+    __slots__ = (
+        "__weakref__",
+        "_bytes_queued",
+        "_bytes_written",
+        "_flushed",
+        "_nursery",
+        "_outgoing",
+        "_own_nursery",
+        "_scope",
+        "_writer_scope",
+        "_writing",
+        "close_code",
+        "close_reason",
+        "close_timeout",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_buffered_bytes: int,
+        close_timeout: float,
+        name: str,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         self._outgoing = OutgoingBuffer(max_buffered_bytes)
         self._scope = trio.CancelScope()
         self.close_timeout = close_timeout
@@ -370,8 +396,10 @@ class QueuedConnection(abc.ABC):
         self.close_reason = ""
         self._bytes_queued = 0
         self._bytes_written = 0
-        self._nursery: trio.Nursery | None = None
+        self._own_nursery = nursery is None
+        self._nursery: trio.Nursery | None = nursery
         self._writing = False
+        self._writer_scope: trio.CancelScope | None = None
         self._flushed: trio.Event | None = None
 
     # -- Connection ----------------------------------------------------------------------
@@ -426,27 +454,37 @@ class QueuedConnection(abc.ABC):
         self._flushed = trio.Event()
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    self._start_helpers()
-                    if self._outgoing.size or self._outgoing.closed:
-                        self._start_writer()
-                    try:
-                        await self._read_all(on_message)
-                    except BaseException:
-                        self.close(CloseCode.INTERNAL_ERROR, "internal error")
-                        raise
-                    finally:
-                        self.close()
-                    # Let the writer send what is queued (bounded by the close deadline).
-                    await self._flushed.wait()
-                    nursery.cancel_scope.cancel()
+                if self._own_nursery:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        await self._serve(on_message)
+                        nursery.cancel_scope.cancel()
+                else:
+                    await self._serve(on_message)
         finally:
-            self._nursery = None
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+            if self._own_nursery:
+                self._nursery = None
             self._mark_closed(CloseCode.GOING_AWAY)
             self._stop_helpers()
             with trio.CancelScope(shield=True):
                 await self._release()
+
+    async def _serve(self, on_message: MessageHandler) -> None:
+        assert self._flushed is not None
+        self._start_helpers()
+        if self._outgoing.size or self._outgoing.closed:
+            self._start_writer()
+        try:
+            await self._read_all(on_message)
+        except BaseException:
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            raise
+        finally:
+            self.close()
+        # Let the writer send what is queued (bounded by the close deadline).
+        await self._flushed.wait()
 
     # -- shared internals ----------------------------------------------------------------
 
@@ -458,9 +496,10 @@ class QueuedConnection(abc.ABC):
             self._drop_slow_consumer()
 
     def _start_writer(self) -> None:
-        if not self._writing and self._nursery is not None:
+        if not self._writing and self._nursery is not None and self._flushed is not None:
             self._writing = True
-            self._nursery.start_soon(self._write_queued)
+            self._writer_scope = trio.CancelScope()
+            self._nursery.start_soon(self._write_queued, self._writer_scope)
 
     def _mark_closed(self, code: int) -> None:
         """The network is gone or going: nothing queued can be delivered any more."""
@@ -476,24 +515,33 @@ class QueuedConnection(abc.ABC):
         )
         self.close_reason = "slow consumer"
         self._mark_closed(CloseCode.TRY_AGAIN_LATER)
-        self._scope.cancel()
+        self._abort()
 
-    async def _write_queued(self) -> None:
+    def _abort(self) -> None:
+        """Stop reading and writing at once (the connection is gone or must go)."""
+        self._scope.cancel()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+
+    async def _write_queued(self, scope: trio.CancelScope) -> None:
         # Runs while there is something to write; started again by the next message.
         try:
-            while chunks := self._outgoing.take():
-                size = sum(map(len, chunks))
-                await self._write(chunks)
-                self._bytes_written += size
-            if self._outgoing.closed:
-                await self._finish_close()
-                if self._flushed is not None:
-                    self._flushed.set()
+            with scope:
+                while chunks := self._outgoing.take():
+                    size = sum(map(len, chunks))
+                    await self._write(chunks)
+                    self._bytes_written += size
+                if self._outgoing.closed:
+                    await self._finish_close()
+                    if self._flushed is not None:
+                        self._flushed.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._mark_closed(CloseCode.GOING_AWAY)
-            self._scope.cancel()
+            self._abort()
         finally:
             self._writing = False
+            if self._writer_scope is scope:
+                self._writer_scope = None
 
     def _refuse_input(self, exc: ProtocolError) -> None:
         """Close because of something the peer sent, with one log line."""

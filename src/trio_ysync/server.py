@@ -253,11 +253,11 @@ class RoomServer:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     if ssl_context is None:
+                        serve_accepted = partial(self._serve_socket, nursery=connections)
                         for listener in listeners:
                             accepting.start_soon(
-                                accept_forever, plain_socket(listener), self._serve_socket,
-                                connections,
-                            )  # fmt: skip
+                                accept_forever, plain_socket(listener), serve_accepted, connections
+                            )
                     else:
                         secure = [trio.SSLListener(one, ssl_context) for one in listeners]
                         await accepting.start(
@@ -283,10 +283,17 @@ class RoomServer:
         """Serve one connection (a TCP or TLS stream) until it closes. Never raises."""
         await self._serve_socket(None, stream)
 
-    async def _serve_socket(self, sock: socket.socket | None, stream: trio.abc.Stream) -> None:
+    async def _serve_socket(
+        self,
+        sock: socket.socket | None,
+        stream: trio.abc.Stream,
+        *,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         websocket = ServerWebSocket(
             stream,
             sock=sock,
+            nursery=nursery,
             max_message_size=self.max_message_size,
             max_buffered_bytes=self.max_buffered_bytes,
             close_timeout=self.close_timeout,

@@ -206,7 +206,26 @@ class ServerWebSocket(QueuedConnection):
         timers: the server's timers, which send the pings (no timers, no pings).
         sock: the plain socket under ``stream``, when there is one: reads and writes that do
             not block go to it directly (see :mod:`trio_ysync.accept`).
+        nursery: where the writer task runs (see
+            :class:`~trio_ysync.connection.QueuedConnection`).
     """
+
+    __slots__ = (
+        "_awaiting_pong",
+        "_guard",
+        "_http",
+        "_key",
+        "_ping_timer",
+        "_read_size",
+        "_sock",
+        "_timers",
+        "_trailing",
+        "_ws",
+        "client",
+        "max_message_size",
+        "ping_interval",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -219,12 +238,14 @@ class ServerWebSocket(QueuedConnection):
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
         timers: Timers | None = None,
         sock: socket.socket | None = None,
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self.client = stream_peer_address(stream)
         super().__init__(
             max_buffered_bytes=max_buffered_bytes,
             close_timeout=close_timeout,
             name=describe_address(self.client),
+            nursery=nursery,
         )
         self.stream = stream
         self.ping_interval = ping_interval
@@ -437,7 +458,7 @@ class ServerWebSocket(QueuedConnection):
             if not data:
                 # The peer is gone: nothing queued can reach it any more.
                 self._mark_closed(CloseCode.GOING_AWAY)
-                self._scope.cancel()
+                self._abort()
                 return
             if self.close_code is None:
                 try:

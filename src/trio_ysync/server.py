@@ -18,7 +18,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
+from .bus import BusError, LocalBus, RoomBus
 from .connection import (
     Connection,
     HTTPRequest,
@@ -57,7 +58,11 @@ class RoomServer:
     """Serves Yjs rooms to y-websocket clients.
 
     Args:
-        store: where documents are kept (default: a :class:`~trio_ysync.store.MemoryStore`).
+        store: where documents are kept (default: the bus's store, else a
+            :class:`~trio_ysync.store.MemoryStore`).
+        bus: how rooms reach the other servers that hold them (default: a
+            :class:`~trio_ysync.bus.LocalBus`, for a server alone); see
+            :func:`~trio_ysync.bus.open_bus`.
         backend: the document library for rooms (default: pycrdt when installed).
         max_message_size: incoming messages larger than this close the connection (1009).
         max_buffered_bytes: outgoing bytes one connection may leave unread before it is closed
@@ -84,6 +89,7 @@ class RoomServer:
         self,
         store: Store | None = None,
         *,
+        bus: RoomBus | None = None,
         backend: Backend | None = None,
         max_message_size: int = 64 * 1024 * 1024,
         max_buffered_bytes: int = 64 * 1024 * 1024,
@@ -102,7 +108,12 @@ class RoomServer:
         read_only_awareness: bool = True,
         demo: bool = False,
     ) -> None:
-        self.store: Store = MemoryStore() if store is None else store
+        if bus is not None and store is not None and bus.store is not store:
+            raise ValueError("the bus must use the server's store")
+        if store is None:
+            store = MemoryStore() if bus is None else bus.store
+        self.store: Store = store
+        self.bus: RoomBus = LocalBus(self.store) if bus is None else bus
         self.backend = backend
         self.max_message_size = max_message_size
         self.max_buffered_bytes = max_buffered_bytes
@@ -201,29 +212,39 @@ class RoomServer:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host``:``port`` until :meth:`shutdown`; started with the bound port."""
-        async with self._run_rooms():
-            listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
-            bound_port = listeners[0].socket.getsockname()[1]
-            if ssl_context is not None:
-                listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as accepting:
-                    await accepting.start(
-                        partial(
-                            trio.serve_listeners,
-                            self.serve_stream,
-                            listeners,
-                            handler_nursery=connections,
-                        )
+        listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
+        if ssl_context is not None:
+            listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve connections from ``listeners`` (bound already, for example with options of
+        your own) until :meth:`shutdown`, then close them; started with the port of the first.
+        """
+        bound_port = _port_of(listeners[0])
+        async with self._run_rooms(), trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    partial(
+                        trio.serve_listeners,
+                        self.serve_stream,
+                        list(listeners),
+                        handler_nursery=connections,
                     )
-                    logger.info("serving on %s:%d", host, bound_port)
-                    task_status.started(bound_port)
-                    await self._shutdown.wait()
-                    accepting.cancel_scope.cancel()
-                # Peers were told to close; bound the wait for those that do not answer.
-                connections.cancel_scope.deadline = (
-                    trio.current_time() + self.close_timeout + self.handshake_timeout
                 )
+                logger.info("serving on port %d", bound_port)
+                task_status.started(bound_port)
+                await self._shutdown.wait()
+                accepting.cancel_scope.cancel()
+            # Peers were told to close; bound the wait for those that do not answer.
+            connections.cancel_scope.deadline = (
+                trio.current_time() + self.close_timeout + self.handshake_timeout
+            )
 
     # -- connections ---------------------------------------------------------------------
 
@@ -398,6 +419,7 @@ class RoomServer:
                 room = Room(
                     name,
                     self.store,
+                    bus=self.bus,
                     backend=self.backend,
                     broadcast_before_commit=self.broadcast_before_commit,
                     compact_after_updates=self.compact_after_updates,
@@ -419,7 +441,7 @@ class RoomServer:
         logger.info("room %r: loading", room.name)
         try:
             await room.run(self.room_grace_period)
-        except StoreError as exc:
+        except (StoreError, BusError) as exc:
             logger.error("room %r: store failure: %s", room.name, exc)
         except BaseException as exc:
             if must_propagate(exc):
@@ -430,6 +452,14 @@ class RoomServer:
                 del self._rooms[room.name]
             state = "failed" if room.failure is not None else "unloaded"
             logger.info("room %r: %s", room.name, state)
+
+
+def _port_of(listener: trio.abc.Listener[Any]) -> int:
+    while isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    if not isinstance(listener, trio.SocketListener):
+        raise TypeError(f"cannot tell the port of {listener!r}")
+    return int(listener.socket.getsockname()[1])
 
 
 async def _discard(payload: bytes) -> None:

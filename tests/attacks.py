@@ -60,6 +60,20 @@ def nested_any_update(depth: int) -> bytes:
     return b"\x01\x01" + var_uint(1) + var_uint(0) + struct_ + b"\x00"
 
 
+def format_update(value_json: str) -> bytes:
+    """One Format item in the root text ``t`` whose value is the JSON text ``value_json``,
+    unchecked."""
+    content = var_bytes(b"bold") + var_bytes(value_json.encode("utf-8"))
+    struct_ = b"\x06" + b"\x01" + var_bytes(b"t") + content
+    return b"\x01\x01" + var_uint(1) + var_uint(0) + struct_ + b"\x00"
+
+
+#: Brackets, then a string that never ends, full of escaped quotes: a depth check that scans
+#: strings with a backtracking pattern before the text is known to be JSON takes time that
+#: grows with the square of its length (minutes for this one).
+UNTERMINATED_JSON = "[" * 70 + '"' + '\\"' * 100_000
+
+
 def nested_json(depth: int) -> str:
     """JSON arrays nested ``depth`` deep."""
     return "[" * depth + "]" * depth

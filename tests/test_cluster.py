@@ -288,21 +288,24 @@ async def test_the_whole_cluster_restarted_brings_every_room_back(tmp_path: Path
     with trio.fail_after(TIMEOUT):
         async with redis_server() as redis, SQLiteStore(store) as shared:
 
+            async def write(farm: list[ServerProcess], index: int, count: int) -> None:
+                """Room ``index`` written on server ``index``, observed on the next one."""
+                room = rooms[index]
+                writer = writers[room]
+                observer = Observer()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(observer.run, farm[(index + 1) % 3].port, room)
+                    await observer.joined.wait()
+                    async with connect(farm[index].port, room) as client:
+                        await writer.rejoin(client)
+                        await writer.write(client, count)
+                        await observer.wait_until(lambda: len(observer.tokens) == writer.sent)
+                    nursery.cancel_scope.cancel()
+
             async def write_everywhere(farm: list[ServerProcess], count: int) -> None:
-                """Each room written on another server, observed on the next one."""
-                for index, room in enumerate(rooms):
-                    writer = writers[room]
-                    observer = Observer()
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(observer.run, farm[(index + 1) % 3].port, room)
-                        await observer.joined.wait()
-                        async with connect(farm[index].port, room) as client:
-                            await writer.rejoin(client)
-                            await writer.write(client, count)
-                            await observer.wait_until(
-                                lambda w=writer, o=observer: len(o.tokens) == w.sent
-                            )
-                        nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    for index in range(len(rooms)):
+                        nursery.start_soon(write, farm, index, count)
 
             async with (
                 servers([redis.url] * 3, store) as farm,
@@ -444,7 +447,7 @@ async def test_two_workers_serve_one_port_and_share_rooms(tmp_path: Path) -> Non
             # would be a one in 2**39 chance).
             clients: list[TestClient] = []
             while not all(
-                f"worker {index} INFO trio_ysync.server: room 'shared': loading".encode()
+                f"INFO worker {index} trio_ysync.server: room 'shared': loading".encode()
                 in server.stderr
                 for index in (1, 2)
             ):

@@ -19,9 +19,11 @@ from attacks import (
     DIVIDE_BY_ZERO,
     HUGE_CLIENT,
     MALFORMED_STATE_VECTOR,
+    UNTERMINATED_JSON,
     ZERO_LENGTH_GC,
     awareness,
     client_frame,
+    format_update,
     frame_header,
     nested_any_update,
     nested_json,
@@ -72,6 +74,12 @@ ATTACKS = {
     ),
     "awareness nested 1000 deep": Attack(
         [awareness(77, 1, nested_json(1000))], CloseCode.INVALID_DATA
+    ),
+    "awareness JSON that never ends": Attack(
+        [awareness(77, 1, UNTERMINATED_JSON)], CloseCode.INVALID_DATA
+    ),
+    "format JSON that never ends": Attack(
+        [sync_update(format_update(UNTERMINATED_JSON))], CloseCode.INVALID_DATA
     ),
     "16 MiB of query-awareness": Attack([b"\x03" * (16 * MiB)], CloseCode.INVALID_DATA),
     "16 MiB of SyncStep1": Attack([sync_step1(b"\x00") * (4 * MiB)], CloseCode.INVALID_DATA),

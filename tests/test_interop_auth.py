@@ -122,8 +122,8 @@ async def test_serve_with_a_secret_file_requires_tokens_and_keeps_viewers_out_of
                 await anonymous.wait_event(
                     lambda e: e.get("event") in ("connection_error", "connection_close"), since=0
                 )
-                await ann.insert(4, "!")
-                await guest.wait_text("plan! (guest edit)")
+                await ann.insert(0, "!")  # not where the guest typed: no concurrent order
+                await guest.wait_text("!plan (guest edit)")
         log = "\n".join(server.log_lines)
         assert "Traceback" not in log
         async with (
@@ -131,4 +131,4 @@ async def test_serve_with_a_secret_file_requires_tokens_and_keeps_viewers_out_of
             js_client(ws_url(server.port), "team/plan", params=writer) as reader,
         ):
             await reader.wait_synced()
-            assert await reader.get_text() == "plan!"
+            assert await reader.get_text() == "!plan"

@@ -8,8 +8,10 @@ import pytest
 import trio
 import trio.testing
 from rawclient import RawClient
+from ydocs import insert_text
 
-from trio_ysync.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncStep2
+from trio_ysync.doc import new_document
+from trio_ysync.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncStep2, SyncUpdate
 from trio_ysync.server import RoomServer
 from trio_ysync.transport import CloseCode
 
@@ -122,3 +124,36 @@ async def test_a_room_without_grace_period_still_admits_its_first_peer(
         for _ in range(3):
             client = await open_client(server, nursery, "no-grace")
             await client.stream.aclose()
+
+
+async def test_presence_changes_are_gathered_into_one_message_per_peer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with RoomServer(presence_interval=0.05) as server:
+        watcher = await open_client(server, nursery, "cursors")
+        movers = [await open_client(server, nursery, "cursors") for _ in range(3)]
+        start = trio.current_time()
+        for clock in (1, 2):
+            for index, mover in enumerate(movers):
+                await mover.send(
+                    AwarenessUpdate([AwarenessEntry(10 + index, clock, {"at": clock})])
+                )
+        # Six changes, one message: each client's latest state, in the order they first moved.
+        assert await watcher.receive() == AwarenessUpdate(
+            [AwarenessEntry(10 + index, 2, {"at": 2}) for index in range(3)]
+        )
+        assert trio.current_time() - start == pytest.approx(0.05)
+        with trio.move_on_after(1):
+            await watcher.receive()
+            pytest.fail("a second awareness message was sent")
+
+
+async def test_updates_are_echoed_to_their_sender_when_asked(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    doc = new_document(client_id=3)
+    insert_text(doc, 0, "mine")
+    async with RoomServer(echo_updates=True) as server:
+        writer = await open_client(server, nursery, "echo")
+        await writer.send(SyncUpdate(doc.diff()))
+        assert await writer.receive() == SyncUpdate(doc.diff())

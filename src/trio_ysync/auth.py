@@ -215,6 +215,16 @@ class TokenAuthorizer:
         """
         return self.grant(self.claims(token_of(request)), request.room)
 
+    async def authorize_server(self, request: ConnectionRequest) -> Grant:
+        """The grant for operations on the whole server (listing and deleting rooms through the
+        HTTP API): only a token for every room (an empty ``room`` prefix) gives one.
+
+        Raises:
+            Unauthorized: no token, or an invalid or expired one.
+            Forbidden: a valid token for some rooms only.
+        """
+        return self.grant(self.claims(token_of(request)), None)
+
     def claims(self, token: str | None) -> Mapping[str, Any]:
         """The verified claims of ``token``.
 

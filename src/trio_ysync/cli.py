@@ -25,6 +25,7 @@ from .auth import create_token, read_secret_file
 from .bus import BusError
 from .errors import DocumentError, ProtocolError
 from .limits import Limits
+from .logs import TEXT_FORMAT, WORKER_TEXT_FORMAT, JSONFormatter, WorkerTag
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -113,6 +114,12 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help=f"{', '.join(LOG_LEVELS)} (default: INFO)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else default,
+        help="log lines as text, or as one JSON object per line (default: text)",
+    )
+    parser.add_argument(
         "--debug",
         action="store_true",
         default=False if defaults else default,
@@ -194,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a room stays loaded after its last client left (default: 10)",
     )
     _add_access_options(serve)
+    _add_operations_options(serve)
     _add_cluster_options(serve)
 
     store = commands.add_parser(
@@ -302,6 +310,39 @@ def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
     )
     # Given by the parent of --workers to each worker: which one it is.
     cluster.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+
+
+def _add_operations_options(serve: argparse.ArgumentParser) -> None:
+    operations = serve.add_argument_group("operations", "See the Operations page.")
+    operations.add_argument(
+        "--metrics",
+        action="store_true",
+        help="count what the server does and serve it for Prometheus at GET /metrics",
+    )
+    operations.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="answer /metrics only to requests with the bearer token in FILE",
+    )
+    operations.add_argument(
+        "--presence-interval",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="gather a room's awareness changes over this long into one message per client "
+        "(default: 0, each change at once)",
+    )
+    operations.add_argument(
+        "--echo-updates",
+        action="store_true",
+        help="send each update back to its sender too (y-websocket 4's sync-status)",
+    )
+    operations.add_argument(
+        "--no-http-api",
+        dest="http_api",
+        action="store_false",
+        help="do not answer the HTTP API for documents (/api/rooms)",
+    )
 
 
 def _add_access_options(serve: argparse.ArgumentParser) -> None:
@@ -450,12 +491,18 @@ def _print_serving(args: argparse.Namespace, port: int, what: str = "") -> None:
 async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
     from .auth import TokenAuthorizer, allow_everyone
     from .bus import open_bus
+    from .metrics import Metrics
     from .server import RoomServer, shutdown_on_signals
 
     authorize = (
         allow_everyone
         if args.auth_secret_file is None
         else TokenAuthorizer(_secret(args.auth_secret_file, "--auth-secret-file"))
+    )
+    metrics_token = (
+        None
+        if args.metrics_token_file is None
+        else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
     )
     store = _serve_store(args)
     # The port is bound before the store opens, so a server that cannot listen creates no
@@ -477,6 +524,11 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
             authorize=authorize,
             limits=_limits(args),
             read_only_awareness=args.read_only_awareness,
+            metrics=Metrics() if args.metrics or args.metrics_token_file else None,
+            metrics_token=metrics_token,
+            http_api=args.http_api,
+            presence_interval=args.presence_interval,
+            echo_updates=args.echo_updates,
         )
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve_listeners, listeners)
@@ -544,8 +596,11 @@ def _limits(args: argparse.Namespace) -> Limits:
     )
 
 
-def _secret(path: str, option: str) -> bytes:
+def _secret(path: str, option: str, *, check: bool = True) -> bytes:
     try:
+        if not check:
+            with open(path, "rb") as file:
+                return file.read().strip()
         return read_secret_file(path)
     except OSError as exc:
         raise CommandError(f"{option}: cannot read {path}: {exc.strerror or exc}") from exc
@@ -686,10 +741,12 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     return f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)", 1
 
 
-def _configure_logging(level: str, worker: int | None = None) -> logging.Handler:
+def _configure_logging(level: str, format: str, worker: int | None = None) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    who = "" if worker is None else f"worker {worker} "
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s"))
+    if worker is not None:
+        handler.addFilter(WorkerTag(worker))
+    text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
+    handler.setFormatter(JSONFormatter() if format == "json" else logging.Formatter(text))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -703,7 +760,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        handler = _configure_logging(args.log_level, getattr(args, "worker_index", None))
+        handler = _configure_logging(
+            args.log_level, args.log_format, getattr(args, "worker_index", None)
+        )
         if args.command == "token":
             _token(args)
         elif args.command == "serve":

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote
 import trio
 
 from .errors import CloseCode, ProtocolError
+from .protocol import Message, encode, message_kind
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -164,6 +165,11 @@ MessageHandler = Callable[[bytes], Awaitable[None]]
 class Connection(Protocol):
     """An accepted WebSocket as the server and its rooms use it."""
 
+    #: The close code sent or received, once the connection is closing.
+    close_code: int | None
+    #: The reason that came with it.
+    close_reason: str
+
     @property
     def closing(self) -> bool:
         """Whether the connection is closing or closed: send nothing more, do no more work."""
@@ -238,11 +244,18 @@ class OutgoingMessage:
     Server frames are never masked, so a broadcast's frame is the same bytes for every receiver.
     """
 
-    __slots__ = ("_frame", "payload")
+    __slots__ = ("_frame", "kind", "payload")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, kind: str = "") -> None:
         self.payload = payload
+        #: What the message is (see :func:`~trio_ysync.protocol.message_kind`), for metrics.
+        self.kind = kind
         self._frame: bytes | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> OutgoingMessage:
+        """The encoded ``message``."""
+        return cls(encode(message), message_kind(message))
 
     @property
     def frame(self) -> bytes:
@@ -256,7 +269,7 @@ class OutgoingMessage:
 
 
 class OutgoingBuffer:
-    """A bounded FIFO between the tasks that produce messages and one writer task.
+    """A bounded FIFO between the code that produces messages and a connection's writer.
 
     Producers never block: :meth:`put` refuses (returns ``False``) once more than ``limit``
     bytes are waiting, so a receiver that does not read is detected instead of growing memory.
@@ -264,14 +277,14 @@ class OutgoingBuffer:
     big document can reach a client that reads.
     """
 
-    __slots__ = ("_closed", "_items", "_size", "_wakeup", "limit")
+    __slots__ = ("_items", "_size", "closed", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: list[bytes] = []
         self._size = 0
-        self._closed = False
-        self._wakeup: trio.Event | None = None
+        #: Whether it accepts nothing more (what is queued is still taken).
+        self.closed = False
 
     @property
     def size(self) -> int:
@@ -280,15 +293,18 @@ class OutgoingBuffer:
 
     def put(self, item: bytes) -> bool:
         """Queue ``item``; ``False`` if it would pass the limit (the item is then dropped)."""
-        if self._closed:
+        if self.closed:
             return True
         if self._size and self._size + len(item) > self.limit:
             return False
         self._items.append(item)
         self._size += len(item)
-        if self._wakeup is not None:
-            self._wakeup.set()
         return True
+
+    def take(self) -> list[bytes]:
+        """Everything queued (``[]`` if nothing is)."""
+        items, self._items, self._size = self._items, [], 0
+        return items
 
     def clear(self) -> None:
         """Drop everything queued (a connection that is being torn down)."""
@@ -296,21 +312,8 @@ class OutgoingBuffer:
         self._size = 0
 
     def close(self) -> None:
-        """Accept nothing more; the writer drains what is queued and then stops."""
-        self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    async def take(self) -> list[bytes]:
-        """Wait for queued items and take them all; ``[]`` once closed and drained."""
-        while not self._items:
-            if self._closed:
-                return []
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-            self._wakeup = None
-        items, self._items, self._size = self._items, [], 0
-        return items
+        """Accept nothing more; the writer sends what is queued and then stops."""
+        self.closed = True
 
 
 # -- the plumbing every transport shares ---------------------------------------------------------
@@ -338,14 +341,17 @@ def close_reason(text: str) -> str:
 
 
 class QueuedConnection(abc.ABC):
-    """A :class:`Connection` whose outgoing messages wait in a bounded buffer drained by one
-    writer task.
+    """A :class:`Connection` whose outgoing messages wait in a bounded buffer for a writer task.
 
     This is written once for every transport: the slow-consumer rule (a receiver that lets more
     than ``max_buffered_bytes`` pile up is dropped with 1013), the closing deadline, the byte
     counters, and the guarantee that once :meth:`run` returns the connection is closed and
     nothing is written to it any more. Subclasses say how to read messages, how to write bytes
     and how to announce a close.
+
+    The writer task exists only while there is something to write: an idle connection is one
+    task (its reader), and a message the socket takes at once (see :meth:`_write_now`) starts
+    no task at all.
 
     Args:
         max_buffered_bytes: the outgoing buffer's limit.
@@ -363,7 +369,9 @@ class QueuedConnection(abc.ABC):
         self.close_reason = ""
         self._bytes_queued = 0
         self._bytes_written = 0
-        self._drained = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._flushed: trio.Event | None = None
 
     # -- Connection ----------------------------------------------------------------------
 
@@ -393,9 +401,10 @@ class QueuedConnection(abc.ABC):
             return
         data = self._serialize(message)
         self._bytes_queued += len(data)
-        data = self._write_now(data)
-        if data and not self._outgoing.put(data):
-            self._drop_slow_consumer()
+        if not self._writing and not self._outgoing.size:
+            data = self._write_now(data)
+        if data:
+            self._queue(data)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start closing: what is queued is still sent, then the close, within
@@ -407,16 +416,20 @@ class QueuedConnection(abc.ABC):
         self.close_reason = reason
         self._announce_close(code, reason)
         self._outgoing.close()
+        self._start_writer()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self.close_timeout)
 
     async def run(self, on_message: MessageHandler) -> None:
         """Read messages into ``on_message`` until the connection has closed; the underlying
         socket is released on return, whatever happened."""
+        self._flushed = trio.Event()
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_all)
-                    self._start_helpers(nursery)
+                    self._nursery = nursery
+                    self._start_helpers()
+                    if self._outgoing.size or self._outgoing.closed:
+                        self._start_writer()
                     try:
                         await self._read_all(on_message)
                     except BaseException:
@@ -425,14 +438,28 @@ class QueuedConnection(abc.ABC):
                     finally:
                         self.close()
                     # Let the writer send what is queued (bounded by the close deadline).
-                    await self._drained.wait()
+                    await self._flushed.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self._mark_closed(CloseCode.GOING_AWAY)
+            self._stop_helpers()
             with trio.CancelScope(shield=True):
                 await self._release()
 
     # -- shared internals ----------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        """Queue bytes for the writer (a message, or a control frame)."""
+        if self._outgoing.put(data):
+            self._start_writer()
+        else:
+            self._drop_slow_consumer()
+
+    def _start_writer(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._write_queued)
 
     def _mark_closed(self, code: int) -> None:
         """The network is gone or going: nothing queued can be delivered any more."""
@@ -450,18 +477,22 @@ class QueuedConnection(abc.ABC):
         self._mark_closed(CloseCode.TRY_AGAIN_LATER)
         self._scope.cancel()
 
-    async def _write_all(self) -> None:
+    async def _write_queued(self) -> None:
+        # Runs while there is something to write; started again by the next message.
         try:
-            while chunks := await self._outgoing.take():
+            while chunks := self._outgoing.take():
                 size = sum(map(len, chunks))
                 await self._write(chunks)
                 self._bytes_written += size
-            await self._finish_close()
+            if self._outgoing.closed:
+                await self._finish_close()
+                if self._flushed is not None:
+                    self._flushed.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._mark_closed(CloseCode.GOING_AWAY)
             self._scope.cancel()
-            return
-        self._drained.set()
+        finally:
+            self._writing = False
 
     def _refuse_input(self, exc: ProtocolError) -> None:
         """Close because of something the peer sent, with one log line."""
@@ -478,8 +509,11 @@ class QueuedConnection(abc.ABC):
         """Write what can be written without blocking; return the rest (default: nothing)."""
         return data
 
-    def _start_helpers(self, nursery: trio.Nursery) -> None:  # noqa: B027 - optional hook
-        """Start tasks that run beside the reader and the writer (default: none)."""
+    def _start_helpers(self) -> None:  # noqa: B027 - optional hook
+        """Start what runs beside the reader, such as keep-alive timers (default: nothing)."""
+
+    def _stop_helpers(self) -> None:  # noqa: B027 - optional hook
+        """Stop what :meth:`_start_helpers` started (default: nothing)."""
 
     @abc.abstractmethod
     def _announce_close(self, code: int, reason: str) -> None:

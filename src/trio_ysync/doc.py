@@ -28,6 +28,7 @@ __all__ = [
     "YPyDocument",
     "contained",
     "default_backend",
+    "document_json",
     "new_document",
     "wrap_document",
 ]
@@ -243,6 +244,45 @@ class PycrdtDocument(Document):
 
     def _apply(self, update: bytes) -> None:
         self._doc.apply_update(update)
+
+
+def document_json(update: bytes) -> dict[str, Any]:
+    """The root shared types of the document ``update`` holds, as JSON values (what JavaScript's
+    ``doc.toJSON()`` gives): texts as strings, maps as objects, arrays as arrays, XML as a
+    string of XML, empty roots as ``None``.
+
+    An update does not say which type each root is (a client decides when it reads it), so each
+    root is read the ways that find content, each time in a fresh pycrdt document.
+
+    Raises:
+        DocumentError: the update is malformed, or the document library failed.
+    """
+    import pycrdt
+
+    def read(root: str, kind: Any) -> Any:
+        doc: Any = pycrdt.Doc()
+        doc.apply_update(update)
+        return doc.get(root, type=kind)
+
+    def describe(root: str) -> Any:
+        if len(mapping := read(root, pycrdt.Map)):
+            return mapping.to_py()
+        if text := str(read(root, pycrdt.Text)):
+            return text
+        array = read(root, pycrdt.Array)
+        if not len(array):
+            return None
+        try:
+            return array.to_py()
+        except ValueError:  # XML elements: no plain value
+            return str(read(root, pycrdt.XmlFragment))
+
+    def describe_all() -> dict[str, Any]:
+        doc: Any = pycrdt.Doc()
+        doc.apply_update(update)
+        return {root: describe(root) for root in sorted(doc.keys())}
+
+    return contained("reading the document as JSON", describe_all)
 
 
 def _installed(module: str) -> bool:

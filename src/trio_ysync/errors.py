@@ -39,6 +39,10 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    #: Reported, never sent: the connection ended without a close frame.
+    ABNORMAL = 1006
+    #: The room was deleted (y-websocket does not reconnect after 4400-4499).
+    ROOM_DELETED = 4404
 
 
 class YSyncError(Exception):

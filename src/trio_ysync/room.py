@@ -22,8 +22,9 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import trio
 
@@ -52,20 +53,17 @@ from .protocol import (
     SyncUpdate,
     UnknownMessage,
     decode_awareness_update,
-    encode,
     encode_awareness_update,
     validate_update,
 )
 from .store import Store, StoreError
 from .store.merge import with_pending
+from .timers import Timer, Timers
 
 __all__ = ["Peer", "Room", "RoomClosedError", "RoomState"]
 
 logger = logging.getLogger("trio_ysync.room")
 
-#: How often awareness states are checked for expiry (y-protocols checks every tenth of the
-#: 30 s timeout).
-AWARENESS_CHECK_INTERVAL = 3.0
 #: How many awareness client IDs one connection may speak for (a y-websocket client has one).
 MAX_AWARENESS_CLIENTS_PER_PEER = 16
 
@@ -97,6 +95,43 @@ _TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
 }
 
 
+def _identity_of(origin: object) -> str | None:
+    # Updates come from peers (their identity), from the HTTP API or another server (a name).
+    if isinstance(origin, Peer):
+        return origin.identity
+    return origin if isinstance(origin, str) else None
+
+
+class RoomEvents(Protocol):
+    """What a room tells whoever runs it (the server: hooks and metrics). Called
+    synchronously: must be quick and must not raise."""
+
+    def loaded(self, room: Room, duration: float) -> None:
+        """The room loaded its stored document in ``duration`` seconds."""
+
+    def committed(
+        self, room: Room, updates: Sequence[bytes], origins: Sequence[str | None], duration: float
+    ) -> None:
+        """``updates`` (sent by ``origins``: identities, or ``None``) were committed in
+        ``duration`` seconds."""
+
+    def sent(self, kind: str, receivers: int, size: int) -> None:
+        """A message of ``kind`` and ``size`` bytes went to ``receivers`` peers."""
+
+
+class _NoEvents:
+    def loaded(self, room: Room, duration: float) -> None:
+        pass
+
+    def committed(
+        self, room: Room, updates: Sequence[bytes], origins: Sequence[str | None], duration: float
+    ) -> None:
+        pass
+
+    def sent(self, kind: str, receivers: int, size: int) -> None:
+        pass
+
+
 class Peer:
     """A connection inside a room, with what the room remembers about it.
 
@@ -113,14 +148,25 @@ class Peer:
         "_awareness_mark",
         "_told_read_only",
         "connection",
+        "identity",
+        "opened_at",
         "presence",
         "read_only",
     )
 
     def __init__(
-        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+        self,
+        connection: Connection,
+        *,
+        read_only: bool = False,
+        presence: bool = True,
+        identity: str | None = None,
     ) -> None:
         self.connection = connection
+        #: Who it is (the grant's identity), for hooks and logs.
+        self.identity = identity
+        #: When it joined (trio's clock), for the server's logs.
+        self.opened_at = 0.0
         #: Whether the peer may only read: its updates are never applied.
         self.read_only = read_only
         #: Whether the peer's awareness (presence) is accepted.
@@ -166,6 +212,14 @@ class Room:
             grown by at least the size of the last snapshot.
         compact_after_bytes: compact the stored log once it has grown by this many bytes.
         store_retries: how many times a failed commit is retried before the room gives up.
+        events: told about loads, commits and sends (see :class:`RoomEvents`).
+        timers: the timers that expire awareness states and send coalesced presence (a
+            server's, shared by all its rooms; by default the room runs its own).
+        presence_interval: seconds over which awareness changes are gathered into one message
+            to every peer (0: each change is sent at once). With many clients moving cursors,
+            this turns N changes into one message per peer instead of N.
+        echo_updates: send each update back to the peer it came from too (as the reference
+            server does; y-websocket 4's ``sync-status`` relies on it to confirm local edits).
     """
 
     def __init__(
@@ -179,8 +233,13 @@ class Room:
         compact_after_updates: int = 500,
         compact_after_bytes: int = 4 * 1024 * 1024,
         store_retries: int = 5,
+        events: RoomEvents | None = None,
+        timers: Timers | None = None,
+        presence_interval: float = 0.0,
+        echo_updates: bool = False,
     ) -> None:
         self.name = name
+        self.events: RoomEvents = _NoEvents() if events is None else events
         self.store = store
         self.bus = LocalBus(store) if bus is None else bus
         if self.bus.store is not store:
@@ -191,7 +250,6 @@ class Room:
         self._channel: RoomChannel | None = None
         # SyncStep1 answers held while the room catches up again (see lost_position).
         self._held_answers: list[Callable[[], None]] | None = None
-        self._nursery: trio.Nursery | None = None
         self.backend = backend
         self.document: Document = new_document(backend)
         self.awareness = Awareness()
@@ -205,12 +263,21 @@ class Room:
         self._receivers: set[Peer] = set()
         # Write-ahead state: updates not yet committed, and what to do once they are.
         self._uncommitted: list[bytes] = []
+        self._uncommitted_origins: list[str | None] = []
         # The state vector before the first uncommitted update.
         self._batch_base = b"\x00"
         self._after_commit: list[Callable[[], None]] = []
-        self._commit_wanted = trio.Event()
+        self._committing = False
         self._committed_idle = trio.Event()
         self._committed_idle.set()
+        self._nursery: trio.Nursery | None = None
+        self._own_timers = timers is None
+        self._timers = Timers() if timers is None else timers
+        self._expiry: Timer | None = None
+        self.presence_interval = presence_interval
+        self.echo_updates = echo_updates
+        self._pending_presence: dict[int, None] = {}
+        self._presence_timer: Timer | None = None
         self._log_entries = 0
         self._log_bytes = 0
         self._compacting = False
@@ -255,7 +322,9 @@ class Room:
         on the way out (unless it failed).
         """
         try:
+            started = trio.current_time()
             await self._load()
+            self.events.loaded(self, trio.current_time() - started)
             if self._state is not RoomState.LOADING:
                 task_status.started()
                 return  # stopped while loading
@@ -263,9 +332,10 @@ class Room:
             self.ready.set()
             task_status.started()
             async with trio.open_nursery() as nursery:
+                # Commits and compactions run here, each only while it has work.
                 self._nursery = nursery
-                nursery.start_soon(self._commit_forever, nursery)
-                nursery.start_soon(self._expire_awareness_forever)
+                if self._own_timers:
+                    await nursery.start(self._timers.run)
                 await self._wait_until_idle(idle_timeout)
                 if self.state is RoomState.OPEN:
                     self._enter(RoomState.UNLOADING)
@@ -299,7 +369,12 @@ class Room:
         self.peers.clear()
         self._receivers.clear()
         self._uncommitted.clear()
+        self._uncommitted_origins.clear()
         self._after_commit.clear()
+        self._nursery = None
+        for timer in (self._expiry, self._presence_timer):
+            if timer is not None:
+                timer.cancel()
         self._unobserve()
         self.document.close()
         self.ready.set()
@@ -318,6 +393,7 @@ class Room:
         self._enter(RoomState.FAILED)
         self.failure = exc
         self._uncommitted.clear()
+        self._uncommitted_origins.clear()
         self._after_commit.clear()
         self._held_answers = None
         self._committed_idle.set()
@@ -333,8 +409,9 @@ class Room:
 
     @contextmanager
     def reserved(self) -> Iterator[None]:
-        """Keep the room loaded while a peer is on its way in (between loading and joining)."""
-        if not self.accepting:
+        """Keep the room loaded while a peer is on its way in (from before it is loaded until it
+        has joined)."""
+        if self._state not in (RoomState.LOADING, RoomState.OPEN):
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         self._reservations += 1
         try:
@@ -411,7 +488,12 @@ class Room:
     # -- peers ---------------------------------------------------------------------------
 
     def join(
-        self, connection: Connection, *, read_only: bool = False, presence: bool = True
+        self,
+        connection: Connection,
+        *,
+        read_only: bool = False,
+        presence: bool = True,
+        identity: str | None = None,
     ) -> Peer:
         """Add a peer on ``connection``: send it our state vector and the current awareness.
 
@@ -429,17 +511,17 @@ class Room:
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         # Everything that can fail happens before the peer is added.
         try:
-            greeting = [OutgoingMessage(encode(SyncStep1(self.document.state_vector())))]
+            greeting = [OutgoingMessage.of(SyncStep1(self.document.state_vector()))]
             if len(self.awareness):
-                greeting.append(OutgoingMessage(encode(self.awareness.update_message())))
+                greeting.append(OutgoingMessage.of(self.awareness.update_message()))
         except Exception as exc:
             self._fail_on_bug(exc, "greeting a peer")
             raise RoomClosedError(f"room {self.name!r} failed") from exc
-        peer = Peer(connection, read_only=read_only, presence=presence)
+        peer = Peer(connection, read_only=read_only, presence=presence, identity=identity)
         self.peers.add(peer)
         self._idle_changed.set()
         for message in greeting:
-            peer.send(message)
+            self._unicast(peer, message)
         return peer
 
     def leave(self, peer: Peer) -> None:
@@ -454,6 +536,7 @@ class Room:
         if change:
             if self._state is RoomState.OPEN:
                 self._broadcast_awareness(change)
+                self._schedule_expiry()
             self._share_awareness(change)
 
     def handle(self, peer: Peer, message: Message) -> None:
@@ -478,7 +561,7 @@ class Room:
                 self._apply_awareness(peer, message)
         elif isinstance(message, QueryAwareness):
             if not peer._in_flight(peer._awareness_mark):
-                peer.send(OutgoingMessage(encode(self.awareness.update_message())))
+                self._unicast(peer, OutgoingMessage.of(self.awareness.update_message()))
                 peer._awareness_mark = peer.connection.bytes_queued
         elif isinstance(message, PermissionDenied):
             pass  # only servers send it
@@ -491,26 +574,55 @@ class Room:
             # an update that would change something is worth a refusal.
             if update != EMPTY_UPDATE and not peer._told_read_only:
                 peer._told_read_only = True
-                peer.send(OutgoingMessage(encode(PermissionDenied("read-only access"))))
+                self._unicast(peer, OutgoingMessage.of(PermissionDenied("read-only access")))
             return
+        self._apply_update(update, peer)
+
+    def _apply_update(self, update: bytes, origin: object) -> bool:
+        """Apply ``update`` to the document; ``False`` if that failed the room.
+
+        Raises:
+            DocumentError: the document library refused the update (the sender's fault).
+        """
         if not self._uncommitted:
             self._batch_base = self.document.state_vector()
         try:
-            self.document.apply_update(update, origin=peer)
+            self.document.apply_update(update, origin=origin)
         except DocumentBrokenError as exc:
             self._fail_on_bug(exc, "applying an update")
+            return False
         except DocumentError:
             raise
         except BaseException as exc:
             if must_propagate(exc):
                 raise
             self._fail_on_bug(exc, "applying an update")
+            return False
+        return True
+
+    async def submit(self, update: bytes, origin: str) -> None:
+        """Apply a validated update from outside the room's peers (the HTTP API), as if a peer
+        had sent it: it is committed and broadcast to every peer. Returns once it is committed.
+
+        Args:
+            update: a v1 update (validate it first: :func:`~trio_ysync.protocol.validate_update`).
+            origin: who sent it, for hooks (an identity, or ``"http"``).
+
+        Raises:
+            DocumentError: the document library refused the update.
+            RoomClosedError: the room is not open, or failed.
+        """
+        if not self.accepting or not self._apply_update(update, origin):
+            raise RoomClosedError(f"room {self.name!r} is not accepting updates")
+        await self._flush()
+        if self.failure is not None:
+            raise RoomClosedError(f"room {self.name!r} failed")
 
     def _request_document(self, peer: Peer, state_vector: bytes) -> None:
         if peer._answer_requested or peer._in_flight(peer._answer_mark):
             return  # the answer on its way covers this request too
         peer._answer_requested = True
-        if self._after_commit:
+        if self._after_commit or (self._committing and not self.broadcast_before_commit):
             # Answer once what the document holds now is durable.
             self._after_commit.append(lambda: self._answer(peer, state_vector))
         else:
@@ -534,7 +646,7 @@ class Room:
             )
             peer.close(exc.close_code, "invalid state vector")
             return
-        peer.send(OutgoingMessage(encode(SyncStep2(update))))
+        self._unicast(peer, OutgoingMessage.of(SyncStep2(update)))
         peer._answer_mark = peer.connection.bytes_queued
         self._receivers.add(peer)
 
@@ -548,31 +660,74 @@ class Room:
         change = self.awareness.apply(message.entries, trio.current_time(), origin=peer)
         if change:
             self._broadcast_awareness(change)
+            self._schedule_expiry()
             self._share_awareness(change)
 
     # -- document updates ----------------------------------------------------------------
 
     def _on_document_update(self, update: bytes, origin: object) -> None:
-        message = OutgoingMessage(encode(SyncUpdate(update)))
+        message = OutgoingMessage.of(SyncUpdate(update))
         self._uncommitted.append(update)
+        self._uncommitted_origins.append(_identity_of(origin))
+        exclude = None if self.echo_updates else origin
         if self.broadcast_before_commit:
-            self._broadcast(message, exclude=origin)
+            self._broadcast(message, exclude=exclude)
         else:
-            self._after_commit.append(lambda: self._broadcast(message, exclude=origin))
-        self._committed_idle = trio.Event()
-        self._commit_wanted.set()
+            self._after_commit.append(lambda: self._broadcast(message, exclude=exclude))
+        self._request_commit()
 
     def _broadcast(self, message: OutgoingMessage, exclude: object = None) -> None:
-        for peer in tuple(self._receivers):
+        receivers = tuple(self._receivers)
+        for peer in receivers:
             if peer is not exclude:
                 peer.send(message)
+        count = len(receivers) - (exclude in self._receivers)
+        self.events.sent(message.kind, count, len(message))
 
     def _broadcast_awareness(self, change: AwarenessChange) -> None:
+        self._pending_presence.update(dict.fromkeys(change.client_ids))
+        if self.presence_interval <= 0:
+            self._send_presence()
+        elif self._presence_timer is None:
+            self._presence_timer = self._timers.call_later(
+                self.presence_interval, self._send_presence
+            )
+
+    def _send_presence(self) -> None:
         # Everyone, the sender too: the echo of a client's 15 s renewal is what keeps
-        # y-websocket's 30 s receive watchdog quiet in an idle room.
-        message = OutgoingMessage(encode(self.awareness.update_message(change.client_ids)))
-        for peer in tuple(self.peers):
+        # y-websocket's 30 s receive watchdog quiet in an idle room. Each client's entry says
+        # its latest state and clock, so changes gathered over the interval lose nothing.
+        self._presence_timer = None
+        client_ids, self._pending_presence = list(self._pending_presence), {}
+        if not client_ids or self._state is not RoomState.OPEN:
+            return
+        message = OutgoingMessage.of(self.awareness.update_message(client_ids))
+        peers = tuple(self.peers)
+        for peer in peers:
             peer.send(message)
+        self.events.sent(message.kind, len(peers), len(message))
+
+    def _schedule_expiry(self) -> None:
+        # One timer per room, due when the earliest state can expire; rescheduled when it fires.
+        due = self.awareness.next_check()
+        if due is None or (self._expiry is not None and self._expiry.deadline <= due):
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self._timers.call_at(due, self._expire_awareness)
+
+    def _expire_awareness(self) -> None:
+        self._expiry = None
+        if self._state is not RoomState.OPEN:
+            return
+        _, expired = self.awareness.check(trio.current_time())
+        if expired:
+            self._broadcast_awareness(expired)
+        self._schedule_expiry()
+
+    def _unicast(self, peer: Peer, message: OutgoingMessage) -> None:
+        peer.send(message)
+        self.events.sent(message.kind, 1, len(message))
 
     # -- other servers (the room is the bus's listener) ----------------------------------
 
@@ -598,12 +753,10 @@ class Room:
                     self._fail_on_bug(exc, "applying an update from another server")
                     return
                 except DocumentError as exc:
-                    logger.error(
-                        "room %r: refused an update from another server: %s", self.name, exc
-                    )
+                    logger.error("room %r: an update from another server: %s", self.name, exc)
 
     def _on_remote_update(self, update: bytes, origin: object) -> None:
-        self._broadcast(OutgoingMessage(encode(SyncUpdate(update))))
+        self._broadcast(OutgoingMessage.of(SyncUpdate(update)))
 
     def remote_awareness(self, payload: bytes) -> None:
         """Apply awareness that another server's peers changed, as states that no peer of this
@@ -618,6 +771,7 @@ class Room:
         change = self.awareness.apply(entries, trio.current_time())
         if change:
             self._broadcast_awareness(change)
+            self._schedule_expiry()
 
     def awareness_query(self) -> bytes | None:
         """The awareness states of this server's own peers' clients, encoded for the bus."""
@@ -649,26 +803,40 @@ class Room:
 
     # -- store ---------------------------------------------------------------------------
 
-    async def _commit_forever(self, nursery: trio.Nursery) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted = trio.Event()
-            updates, self._uncommitted = self._uncommitted, []
-            actions, self._after_commit = self._after_commit, []
-            if updates and not (self._document_sound() and await self._write(updates)):
-                return
-            try:
-                for action in actions:
-                    action()
-            except Exception as exc:
-                self._fail_on_bug(exc, "acting on a commit")
-                return
+    def _request_commit(self) -> None:
+        if self._committed_idle.is_set():
+            self._committed_idle = trio.Event()
+        if not self._committing and self._nursery is not None:
+            self._committing = True
+            self._nursery.start_soon(self._commit_queued)
+
+    async def _commit_queued(self) -> None:
+        # Commits whatever was queued, in batches, until nothing is left; started again by the
+        # next update. A quiet room has no commit task.
+        try:
+            while self._uncommitted or self._after_commit:
+                updates, self._uncommitted = self._uncommitted, []
+                origins, self._uncommitted_origins = self._uncommitted_origins, []
+                actions, self._after_commit = self._after_commit, []
+                if updates:
+                    started = trio.current_time()
+                    if not (self._document_sound() and await self._write(updates)):
+                        return
+                    self.events.committed(self, updates, origins, trio.current_time() - started)
+                try:
+                    for action in actions:
+                        action()
+                except Exception as exc:
+                    self._fail_on_bug(exc, "acting on a commit")
+                    return
+                if not self._compacting and self._compaction_due() and self._nursery is not None:
+                    # In the background: commits go on while the log is merged.
+                    self._compacting = True
+                    self._nursery.start_soon(self._compact)
+        finally:
+            self._committing = False
             if not self._uncommitted:
                 self._committed_idle.set()
-            if not self._compacting and self._compaction_due():
-                # In the background: commits go on while the log is merged.
-                self._compacting = True
-                nursery.start_soon(self._compact)
 
     def _document_sound(self) -> bool:
         # Some updates apply cleanly and only make a later encoding fail. Encoding what the
@@ -746,17 +914,11 @@ class Room:
         self._snapshot_bytes = len(snapshot)
 
     async def _flush(self) -> None:
-        self._commit_wanted.set()
+        if self._uncommitted or self._after_commit:
+            self._request_commit()
         await self._committed_idle.wait()
 
     async def _compact_on_unload(self) -> None:
         if self._log_entries > 1:
             with trio.CancelScope(shield=True):
                 await self._compact()
-
-    async def _expire_awareness_forever(self) -> None:
-        while True:
-            await trio.sleep(AWARENESS_CHECK_INTERVAL)
-            _, expired = self.awareness.check(trio.current_time())
-            if expired:
-                self._broadcast_awareness(expired)

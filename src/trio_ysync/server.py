@@ -14,6 +14,7 @@ connection to their path and unloaded after the last peer has left and a grace p
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import ssl
@@ -26,6 +27,7 @@ from typing import Any
 
 import trio
 
+from .api import DocumentAPI
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
 from .bus import BusError, LocalBus, RoomBus
 from .connection import (
@@ -38,11 +40,24 @@ from .connection import (
 from .demo import demo_response
 from .doc import Backend
 from .errors import CloseCode, RoomClosedError, YSyncError
+from .hooks import (
+    ConnectionClosed,
+    ConnectionOpened,
+    ConnectionRefused,
+    DocumentChanged,
+    HookRunner,
+    Instruments,
+    RoomLoaded,
+    RoomUnloaded,
+    ServerHooks,
+)
 from .limits import Admission, Limits, ServerFull, TrafficMeter
+from .metrics import Metrics
 from .protocol import (
     DEFAULT_MESSAGE_LIMITS,
     MessageLimits,
     decode,
+    message_kind,
 )
 from .room import Peer, Room, RoomState
 from .store import MemoryStore, Store, StoreError
@@ -83,6 +98,17 @@ class RoomServer:
         read_only_awareness: whether read-only connections may publish awareness (presence).
         demo: also answer plain HTTP requests under ``/demo/`` with the demo editor
             (:mod:`trio_ysync.demo`).
+        hooks: told about connections, rooms and document changes (see
+            :mod:`trio_ysync.hooks`).
+        metrics: count what the server does, served at ``GET /metrics`` (see
+            :mod:`trio_ysync.metrics`).
+        metrics_token: when given, ``/metrics`` answers only requests with this bearer token.
+        http_api: answer the HTTP API for documents under ``/api/rooms`` (see
+            :mod:`trio_ysync.api`).
+        presence_interval: seconds over which a room gathers awareness changes into one
+            message per peer (see :class:`~trio_ysync.room.Room`; 0 sends each change at once).
+        echo_updates: send each update back to its sender too (y-websocket 4's
+            ``sync-status``; see :class:`~trio_ysync.room.Room`).
     """
 
     def __init__(
@@ -107,6 +133,12 @@ class RoomServer:
         limits: Limits | None = None,
         read_only_awareness: bool = True,
         demo: bool = False,
+        hooks: Sequence[ServerHooks] = (),
+        metrics: Metrics | None = None,
+        metrics_token: str | None = None,
+        http_api: bool = True,
+        presence_interval: float = 0.0,
+        echo_updates: bool = False,
     ) -> None:
         if bus is not None and store is not None and bus.store is not store:
             raise ValueError("the bus must use the server's store")
@@ -134,6 +166,17 @@ class RoomServer:
         #: Every deadline of the server (token expiries, ...) runs from this one task.
         self.timers = Timers()
         self.demo = demo
+        self.metrics = metrics
+        self.metrics_token = metrics_token
+        #: Counting at the busy places (the metrics, or nothing).
+        self.instruments: Instruments = Instruments() if metrics is None else metrics
+        self.hooks = HookRunner(hooks)
+        self.api = DocumentAPI(self) if http_api else None
+        self.presence_interval = presence_interval
+        self.echo_updates = echo_updates
+        self._connections = 0
+        self._deleting: set[str] = set()
+        self._room_events = _RoomEvents(self)
         self._rooms: dict[str, Room] = {}
         self._rooms_nursery: trio.Nursery | None = None
         self._shutdown = trio.Event()
@@ -175,6 +218,7 @@ class RoomServer:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.timers.run)
+                await nursery.start(self.hooks.run)
                 self._rooms_nursery = nursery
                 try:
                     yield
@@ -182,7 +226,8 @@ class RoomServer:
                     self.shutdown()
                     with trio.CancelScope(shield=True):
                         await self._stop_rooms()
-                    nursery.cancel_scope.cancel()  # the timers
+                        await self.hooks.aclose()
+                    nursery.cancel_scope.cancel()  # the timers and the hooks
         finally:
             self._rooms_nursery = None
 
@@ -257,6 +302,7 @@ class RoomServer:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             max_fragments=self.max_fragments,
+            timers=self.timers,
         )
         request = None
         try:
@@ -272,12 +318,24 @@ class RoomServer:
         await self.serve_connection(WsprotoPendingConnection(websocket, request))
 
     async def answer_http(self, request: HTTPRequest) -> HTTPResponse:
-        """The answer to a plain HTTP request (one that is not a WebSocket upgrade)."""
+        """The answer to a plain HTTP request (one that is not a WebSocket upgrade): the health
+        path, ``/metrics``, the HTTP API, the demo editor."""
         if request.path == self.health_path and request.method in ("GET", "HEAD"):
             return HTTPResponse.text(200, "ok")
+        if request.path == "/metrics" and self.metrics is not None:
+            return self._answer_metrics(request, self.metrics)
+        if self.api is not None and (response := await self.api.answer(request)) is not None:
+            return response
         if self.demo and (response := demo_response(request)) is not None:
             return response
         return HTTPResponse.text(426, "this is a y-websocket server: connect with a WebSocket")
+
+    def _answer_metrics(self, request: HTTPRequest, metrics: Metrics) -> HTTPResponse:
+        if self.metrics_token is not None:
+            sent = dict(request.headers).get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {self.metrics_token}".encode()):
+                return HTTPResponse.text(401, "a bearer token is required")
+        return HTTPResponse(200, metrics.exposition(), metrics.content_type)
 
     async def serve_connection(self, pending: PendingConnection) -> None:
         """Serve one WebSocket upgrade request from any transport until the connection closes.
@@ -291,7 +349,7 @@ class RoomServer:
         try:
             ticket = self.admission.admit(request)
         except YSyncError as exc:
-            await self._refuse(pending, exc)
+            await self._refuse(pending, exc, self.admission.client_address(request))
             return
         who = ticket.address
         try:
@@ -306,10 +364,10 @@ class RoomServer:
                     await self._run_peer(room, connection, grant, who)
         except RoomClosedError as exc:
             logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
-            await self._refuse(pending, exc)
+            await self._refuse(pending, exc, who)
         except ServerFull as exc:
             self.admission.log_refusal(who, exc)
-            await self._refuse(pending, exc)
+            await self._refuse(pending, exc, who)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -324,16 +382,20 @@ class RoomServer:
                 return await self.authorize(pending.request)
         except YSyncError as exc:
             self.admission.log_refusal(who, exc)
-            await self._refuse(pending, exc)
+            await self._refuse(pending, exc, who)
         except trio.TooSlowError:
             logger.error("%s: the authorize hook did not answer in time", who)
-            await self._refuse(pending, ServerFull("authorization timed out"))
+            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except Exception:
             logger.exception("%s: the authorize hook failed", who)
-            await self._refuse(pending, YSyncError("authorization failed"))
+            await self._refuse(pending, YSyncError("authorization failed"), who)
         return None
 
-    async def _refuse(self, pending: PendingConnection, exc: YSyncError) -> None:
+    async def _refuse(self, pending: PendingConnection, exc: YSyncError, who: str) -> None:
+        self.instruments.connection_refused(exc.http_status)
+        if self.hooks:
+            room = pending.request.room
+            self.hooks.emit(ConnectionRefused(room, who, exc.http_status, str(exc)))
         with trio.move_on_after(self.close_timeout):
             try:
                 await pending.refuse(exc.http_status, str(exc))
@@ -348,6 +410,7 @@ class RoomServer:
                 connection,
                 read_only=grant.read_only,
                 presence=self.read_only_awareness or not grant.read_only,
+                identity=grant.identity,
             )
         except RoomClosedError as exc:
             connection.close(exc.close_code, str(exc))
@@ -360,13 +423,63 @@ class RoomServer:
             if peer is None:
                 await connection.run(_discard)
             else:
+                self._connections += 1
+                opened = self._opened(room, peer, grant, who, self._connections)
                 meter = TrafficMeter(self.limits, self.max_message_size, trio.current_time())
-                await connection.run(partial(self._receive, room, peer, meter, who))
+                try:
+                    await connection.run(partial(self._receive, room, peer, meter, who))
+                finally:
+                    self._closed(room, peer, who, opened)
         finally:
             if expiry is not None:
                 expiry.cancel()
             if peer is not None:
                 room.leave(peer)
+
+    def _opened(
+        self, room: Room, peer: Peer, grant: Grant, who: str, number: int
+    ) -> ConnectionOpened:
+        event = ConnectionOpened(
+            room.name, who, grant.identity, grant.read_only, number, grant.context
+        )
+        self.instruments.connection_opened()
+        self.hooks.emit(event)
+        logger.info(
+            "%s: connection %d opened: room %r, %s%s",
+            who,
+            number,
+            room.name,
+            f"identity {grant.identity!r}" if grant.identity else "anonymous",
+            ", read-only" if grant.read_only else "",
+            extra={"room": room.name, "client": who, "identity": grant.identity,
+                   "connection": number, "event": "connection_opened"},
+        )  # fmt: skip
+        peer.opened_at = trio.current_time()
+        return event
+
+    def _closed(self, room: Room, peer: Peer, who: str, opened: ConnectionOpened) -> None:
+        connection = peer.connection
+        code = connection.close_code or CloseCode.ABNORMAL
+        reason = connection.close_reason
+        duration = trio.current_time() - peer.opened_at
+        self.instruments.connection_closed(code, reason)
+        self.hooks.emit(
+            ConnectionClosed(
+                room.name, who, opened.identity, opened.connection_id, code, reason, duration
+            )
+        )
+        logger.info(
+            "%s: connection %d closed: room %r, code %d%s, after %.1f s",
+            who,
+            opened.connection_id,
+            room.name,
+            code,
+            f" ({reason})" if reason else "",
+            duration,
+            extra={"room": room.name, "client": who, "identity": opened.identity,
+                   "connection": opened.connection_id, "code": code, "reason": reason,
+                   "duration": round(duration, 3), "event": "connection_closed"},
+        )  # fmt: skip
 
     async def _receive(
         self, room: Room, peer: Peer, meter: TrafficMeter, who: str, payload: bytes
@@ -376,6 +489,11 @@ class RoomServer:
         try:
             meter.count(len(payload), trio.current_time())
             messages = decode(payload, self.message_limits)
+            # Bytes are counted for the frame's first message (frames rarely hold more).
+            size = len(payload)
+            for message in messages:
+                self.instruments.message_received(message_kind(message), size)
+                size = 0
             for index, message in enumerate(messages):
                 if peer.closing:
                     return
@@ -416,6 +534,8 @@ class RoomServer:
             if room is None:
                 if self.limits.max_rooms is not None and len(self._rooms) >= self.limits.max_rooms:
                     raise ServerFull("the server is at its room limit")
+                if name in self._deleting:
+                    raise RoomClosedError(f"room {name!r} is being deleted")
                 room = Room(
                     name,
                     self.store,
@@ -424,18 +544,24 @@ class RoomServer:
                     broadcast_before_commit=self.broadcast_before_commit,
                     compact_after_updates=self.compact_after_updates,
                     compact_after_bytes=self.compact_after_bytes,
+                    events=self._room_events,
+                    timers=self.timers,
+                    presence_interval=self.presence_interval,
+                    echo_updates=self.echo_updates,
                 )
                 self._rooms[name] = room
                 self._rooms_nursery.start_soon(self._run_room, room)
-            await room.ready.wait()
-            if room.accepting:
-                break
+            if room.state in (RoomState.LOADING, RoomState.OPEN):
+                # Reserved before it is ready, so it cannot unload between its load and us.
+                with room.reserved():
+                    await room.ready.wait()
+                    if room.accepting:
+                        yield room
+                        return
             if created and room.failure is not None:
                 raise RoomClosedError(f"room {name!r} could not be loaded")
             # The room is unloading or failed: wait until it is gone, then load it afresh.
             await room.closed.wait()
-        with room.reserved():
-            yield room
 
     async def _run_room(self, room: Room) -> None:
         logger.info("room %r: loading", room.name)
@@ -450,8 +576,63 @@ class RoomServer:
         finally:
             if self._rooms.get(room.name) is room:
                 del self._rooms[room.name]
-            state = "failed" if room.failure is not None else "unloaded"
-            logger.info("room %r: %s", room.name, state)
+            failed = room.failure is not None
+            if self._room_events.forget(room):
+                self.instruments.room_unloaded()
+                self.hooks.emit(RoomUnloaded(room.name, failed))
+            logger.info("room %r: %s", room.name, "failed" if failed else "unloaded")
+
+    async def delete_room(self, name: str) -> None:
+        """Close the room's connections (4404, which y-websocket does not reconnect after),
+        unload it and delete it from the store. Connections to it meanwhile are refused.
+
+        Raises:
+            StoreError: the store could not delete it.
+        """
+        self._deleting.add(name)
+        try:
+            room = self._rooms.get(name)
+            if room is not None:
+                for peer in tuple(room.peers):
+                    peer.close(CloseCode.ROOM_DELETED, "the room was deleted")
+                room.stop()
+                await room.closed.wait()
+            await self.store.delete(name)
+            logger.info("room %r: deleted", name)
+        finally:
+            self._deleting.discard(name)
+
+
+class _RoomEvents:
+    """What rooms tell their server, passed on to the instruments and the hooks."""
+
+    def __init__(self, server: RoomServer) -> None:
+        self._server = server
+        self._loaded: set[Room] = set()
+
+    def loaded(self, room: Room, duration: float) -> None:
+        self._loaded.add(room)
+        self._server.instruments.room_loaded(duration)
+        self._server.hooks.emit(RoomLoaded(room.name, duration))
+
+    def forget(self, room: Room) -> bool:
+        """Whether the room had loaded (it is forgotten now)."""
+        if room not in self._loaded:
+            return False
+        self._loaded.discard(room)
+        return True
+
+    def committed(
+        self, room: Room, updates: Sequence[bytes], origins: Sequence[str | None], duration: float
+    ) -> None:
+        self._server.instruments.committed(len(updates), sum(map(len, updates)), duration)
+        hooks = self._server.hooks
+        if hooks:
+            for update, origin in zip(updates, origins, strict=True):
+                hooks.emit(DocumentChanged(room.name, update, origin))
+
+    def sent(self, kind: str, receivers: int, size: int) -> None:
+        self._server.instruments.messages_sent(kind, receivers, size)
 
 
 def _port_of(listener: trio.abc.Listener[Any]) -> int:

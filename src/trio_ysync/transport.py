@@ -51,6 +51,7 @@ from .errors import (
     UnsupportedMessageError,
     YSyncError,
 )
+from .timers import Timer, Timers
 
 __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
@@ -180,6 +181,7 @@ class ServerWebSocket(QueuedConnection):
         ping_interval: seconds between pings; a connection that did not answer the previous
             ping by the next one is closed.
         max_fragments: how many frames one message may be split into.
+        timers: the server's timers, which send the pings (no timers, no pings).
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class ServerWebSocket(QueuedConnection):
         close_timeout: float = 5.0,
         ping_interval: float = 30.0,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+        timers: Timers | None = None,
     ) -> None:
         self.client = stream_peer_address(stream)
         super().__init__(
@@ -203,9 +206,12 @@ class ServerWebSocket(QueuedConnection):
         self.max_message_size = max_message_size
         self._guard = FrameGuard(max_message_size, max_fragments)
         self._ws = WSConnection(ConnectionType.SERVER)
-        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD)
+        self._http: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD
+        )
         self._awaiting_pong = False
-        self._writing = False
+        self._timers = timers
+        self._ping_timer: Timer | None = None
         self._read_size = _MIN_READ_SIZE
         # Plain TCP sockets on POSIX can take a frame at once, without waking the writer task
         # (one system call instead of a task switch and a send_all per receiver). The socket
@@ -225,6 +231,7 @@ class ServerWebSocket(QueuedConnection):
         HTTP (``http_handler``, or 400 for a malformed request) or the client went away.
         """
         parser = self._http
+        assert parser is not None, "handshake() runs once"
         raw = bytearray()
         try:
             event = await self._next_http_event(parser, raw)
@@ -295,11 +302,13 @@ class ServerWebSocket(QueuedConnection):
         """Complete the upgrade. Extensions such as permessage-deflate are never negotiated:
         compression state is per connection, which would defeat encode-once broadcast."""
         await self.stream.send_all(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        self._http = None  # done with HTTP: an idle connection should not keep a parser
         return self
 
     async def refuse(self, status: int, reason: str) -> None:
         """Refuse the upgrade with a plain HTTP answer."""
-        await self._send_http(self._http, HTTPResponse.text(status, reason))
+        if self._http is not None:
+            await self._send_http(self._http, HTTPResponse.text(status, reason))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -308,7 +317,7 @@ class ServerWebSocket(QueuedConnection):
 
     def _write_now(self, data: bytes) -> bytes:
         socket = self._socket
-        if socket is None or self._writing or self._outgoing.size:
+        if socket is None:
             return data
         fd = socket.fileno()
         if fd < 0:
@@ -323,8 +332,7 @@ class ServerWebSocket(QueuedConnection):
 
     def _queue_control(self, frame: bytes) -> None:
         self._bytes_queued += len(frame)
-        if not self._outgoing.put(frame):
-            self._drop_slow_consumer()
+        self._queue(frame)
 
     def ping(self) -> bool:
         """Send a ping; ``False`` if the previous ping was never answered."""
@@ -340,26 +348,31 @@ class ServerWebSocket(QueuedConnection):
             self._queue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     async def _write(self, chunks: list[bytes]) -> None:
-        self._writing = True
-        try:
-            await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        finally:
-            self._writing = False
+        await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def _release(self) -> None:
         await trio.aclose_forcefully(self.stream)
 
     # -- running -------------------------------------------------------------------------
 
-    def _start_helpers(self, nursery: trio.Nursery) -> None:
-        nursery.start_soon(self._keep_alive)
+    def _start_helpers(self) -> None:
+        if self._timers is not None:
+            self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
-    async def _keep_alive(self) -> None:
-        while self.close_code is None:
-            await trio.sleep(self.ping_interval)
-            if not self.ping():
-                logger.info("%s: closing a connection that did not answer a ping", self.name)
-                self.close(CloseCode.GOING_AWAY, "ping timeout")
+    def _stop_helpers(self) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if self.close_code is not None or self._timers is None:
+            return
+        if not self.ping():
+            logger.info("%s: closing a connection that did not answer a ping", self.name)
+            self.close(CloseCode.GOING_AWAY, "ping timeout")
+            return
+        self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
     async def _read_all(self, on_message: MessageHandler) -> None:
         parts: list[bytes | bytearray] = []

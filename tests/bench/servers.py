@@ -135,6 +135,12 @@ SERVERS: dict[str, ServerSpec] = {
             workloads=frozenset({"fanout"}),
         ),
         ServerSpec(
+            "trio-metrics",
+            "trio-ysync (memory, --metrics)",
+            "y-websocket",
+            _trio_ysync("memory", "--metrics"),
+        ),
+        ServerSpec(
             "trio-sqlite-early",
             "trio-ysync (SQLite, --broadcast-before-commit)",
             "y-websocket",

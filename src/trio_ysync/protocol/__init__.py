@@ -26,6 +26,7 @@ from .messages import (
     encode,
     encode_awareness_update,
     encode_json,
+    message_kind,
     parse_json,
 )
 from .sync import SyncDocument, SyncSession
@@ -74,6 +75,7 @@ __all__ = [
     "encode",
     "encode_awareness_update",
     "encode_json",
+    "message_kind",
     "parse_json",
     "validate_state_vector",
     "validate_update",

@@ -6,6 +6,7 @@ origin), so the same code runs under trio's clock, a test clock or a plain loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
@@ -260,6 +261,25 @@ class Awareness:
             ]
         )
         return renewed, expired
+
+    def next_check(self) -> float | None:
+        """When :meth:`check` next has something to do (the time, in the clock of ``now``),
+        or ``None`` if it never will until something changes.
+
+        A server calls :meth:`check` then instead of every few seconds, so a room whose clients
+        renew their states costs one check per renewal period, and a room with none costs
+        nothing.
+        """
+        due = math.inf
+        local = self.client_id
+        for client_id, meta in self._meta.items():
+            if client_id == local:
+                if client_id in self._states:
+                    due = min(due, meta.last_updated + self.outdated_timeout / 2)
+            else:
+                # A present state expires, an absent client's clock is forgotten, both then.
+                due = min(due, meta.last_updated + self.outdated_timeout)
+        return None if due == math.inf else due
 
     # -- encoding ------------------------------------------------------------------------
 

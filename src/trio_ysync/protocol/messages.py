@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from ._json import json_depth
 from .lib0 import Decoder, Encoder, ProtocolError
 from .update import DEFAULT_UPDATE_LIMITS, UpdateLimits, validate_state_vector, validate_update
 
@@ -37,7 +38,7 @@ __all__ = [
     "encode",
     "encode_awareness_update",
     "encode_json",
-    "json_depth",
+    "message_kind",
     "parse_json",
 ]
 
@@ -163,6 +164,23 @@ Message: TypeAlias = (
 )
 
 
+_KINDS: dict[type, str] = {
+    SyncStep1: "sync_step1",
+    SyncStep2: "sync_step2",
+    SyncUpdate: "sync_update",
+    AwarenessUpdate: "awareness",
+    QueryAwareness: "query_awareness",
+    PermissionDenied: "auth",
+    UnknownMessage: "unknown",
+}
+
+
+def message_kind(message: Message) -> str:
+    """A short name for the message's kind (``"sync_update"``, ``"awareness"``, ...), as
+    metrics and logs label it."""
+    return _KINDS[type(message)]
+
+
 def encode_json(value: JSONValue) -> str:
     """Serialize ``value`` the way JavaScript's ``JSON.stringify`` does: compact, raw UTF-8."""
     return json.dumps(
@@ -189,21 +207,7 @@ def _reject_constant(name: str) -> None:
     raise ProtocolError(f"invalid JSON constant {name}")
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def json_depth(text: str) -> int:
-    """How deeply arrays and objects nest in the JSON ``text`` (0 for a scalar)."""
-    depth = deepest = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
-        if bracket in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
 
 
 def parse_json(text: str, max_depth: int = DEFAULT_MESSAGE_LIMITS.max_json_depth) -> JSONValue:
@@ -213,15 +217,19 @@ def parse_json(text: str, max_depth: int = DEFAULT_MESSAGE_LIMITS.max_json_depth
     Raises:
         ProtocolError: the text is not such JSON.
     """
-    # Counting brackets is a cheap upper bound; only texts that might be too deep are scanned.
-    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
-        raise ProtocolError(f"JSON nested deeper than {max_depth} levels")
+    # Parsed first: measuring the depth of text that is not JSON can cost the square of its
+    # length, and the parser itself stops at Python's recursion limit.
     try:
         value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ProtocolError(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(f"invalid JSON: {exc}") from None
+    # Counting brackets is a cheap upper bound; only texts that might be too deep are measured.
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise ProtocolError(f"JSON nested deeper than {max_depth} levels")
     if _SURROGATE_ESCAPE.search(text):
         try:
             encode_json(value).encode("utf-8")

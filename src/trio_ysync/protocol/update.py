@@ -24,11 +24,11 @@ particular document (they depend on state it lacks) are the document library's t
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ._json import json_depth
 from .lib0 import ProtocolError, read_var_uint
 
 __all__ = [
@@ -512,13 +512,15 @@ def _skip_json(data: bytes, pos: int, max_depth: int, *, undefined_allowed: bool
     text, end = _read_string(data, pos)
     if undefined_allowed and text == "undefined":
         return end
-    # Counting brackets is a cheap upper bound of the depth; measure only when it is too high.
-    if text.count("[") + text.count("{") > max_depth and _json_depth(text) > max_depth:
-        raise ProtocolError(f"JSON at byte {pos} nests deeper than {max_depth}")
+    # Parsed first: measuring the depth of text that is not JSON can cost the square of its
+    # length, and the parser itself stops at Python's recursion limit.
     try:
         _JSON_DECODER.decode(text)
     except (ValueError, RecursionError):
         raise ProtocolError(f"invalid JSON at byte {pos}") from None
+    # Counting brackets is a cheap upper bound of the depth; measure only when it is too high.
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise ProtocolError(f"JSON at byte {pos} nests deeper than {max_depth}")
     return end
 
 
@@ -529,20 +531,3 @@ def _reject_constant(name: str) -> float:
 
 # Integers parse as floats: the text only has to be JSON, and int() refuses very long digit runs.
 _JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=float)
-
-
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-def _json_depth(text: str) -> int:
-    """How deeply the arrays and objects of JSON ``text`` nest (brackets inside strings aside)."""
-    depth = deepest = 0
-    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        if char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        else:
-            depth -= 1
-    return deepest

@@ -12,10 +12,11 @@ import trio.testing
 from redisserver import redis_server, requires_redis
 from tcpproxy import pausable_proxy
 from test_bus_redis import GatedStore
+from test_cluster import fold_now
 from wsclient import TestClient, connect
 from ydocs import insert_text
 
-from trio_ysync.bus import BusError, BusTuning, BusUnavailableError, FoldOutcome, open_bus
+from trio_ysync.bus import BusError, BusTuning, BusUnavailableError, open_bus
 from trio_ysync.bus._redis import RedisBus
 from trio_ysync.doc import new_document
 from trio_ysync.errors import YSyncError
@@ -126,7 +127,7 @@ async def test_a_room_that_catches_up_answers_with_the_caught_up_document(
                 # Acknowledged once committed: a document request answered after it says so.
                 await writer.send(SyncStep1(b"\x00"))
                 await writer.receive_until(SyncStep2)
-            assert (await bus.fold("r")).outcome is FoldOutcome.FOLDED
+            await fold_now(bus, "r")
             gated.hold_load = release = trio.Event()
             proxy.resume()
             await gated.held.wait()  # catching up

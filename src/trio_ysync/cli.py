@@ -750,6 +750,9 @@ def _configure_logging(level: str, format: str, worker: int | None = None) -> lo
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    if level != "DEBUG":
+        # The Redis client logs its own script retries (EVALSHA, then the script) at INFO.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     return handler
 
 

@@ -1,4 +1,5 @@
-"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``demo``, ``bench``, ``fuzz``)."""
+"""Development tasks: ``nox -s tests lint typecheck docs`` (and ``demo``, ``bench``, ``fuzz``,
+``soak``)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,19 @@ def fuzz(session: nox.Session) -> None:
     session.run(
         "python", "tests/fuzz.py", *(session.posargs or ["--seconds", "20", "--messages", "10000"])
     )
+
+
+SOAK_DIR = ROOT / "tests" / "soak"
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """A live server under steady y-websocket traffic, its RSS and descriptors sampled.
+
+    Three minutes by default; ``nox -s soak -- --minutes 60 --peer reference --check-growth``
+    is the acceptance run (beside @y/websocket-server). Writes soak-results.json; see
+    ``python tests/soak/soak.py --help`` for the traffic's sizes and the memory dumps.
+    """
+    session.install("-e", ".")
+    install_node_packages(session)
+    session.run("python", str(SOAK_DIR / "soak.py"), *session.posargs)

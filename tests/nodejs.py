@@ -7,6 +7,8 @@ Everything waits on events, never on sleeps: wrap calls in ``trio.fail_after`` i
 - ``decode_with_js(frames)``: frames made here, decoded by the JS readers (tests/js/decode.mjs).
 - ``js_client(url, room)``: a real y-websocket ``WebsocketProvider`` driven over pipes.
 - ``reference_server()``: the reference ``@y/websocket-server`` on an ephemeral port.
+- ``webhook_receiver(secret)``: an HTTP endpoint verifying webhooks with the npm
+  ``standardwebhooks`` package (tests/js/webhook_receiver.mjs).
 
 When node or tests/js/node_modules is missing, ``requires_node`` skips locally but raises at
 import under CI (``CI`` set), so CI never silently skips the interop tests.
@@ -15,6 +17,7 @@ import under CI (``CI`` set), so CI never silently skips the interop tests.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,7 @@ __all__ = [
     "JsDecodeError",
     "NodeScriptError",
     "NodeUnavailableError",
+    "NodeWebhookReceiver",
     "decode_with_js",
     "decode_with_js_results",
     "js_client",
@@ -44,6 +48,7 @@ __all__ = [
     "requires_node",
     "run_update_corpus",
     "run_vectors",
+    "webhook_receiver",
     "ws_url",
 ]
 
@@ -423,6 +428,50 @@ async def reference_server(port: int = 0) -> AsyncIterator[int]:
                 raise NodeScriptError(f"ref_server.mjs exited with {code} before listening")
             line += chunk
         yield int(json.loads(line)["port"])
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_process(process)
+            await _close_streams(process)
+
+
+class NodeWebhookReceiver:
+    """A running webhook_receiver.mjs: ``url`` to post to, :meth:`next` for what it received."""
+
+    def __init__(self, process: trio.Process) -> None:
+        assert process.stdout is not None
+        self._stdout = process.stdout
+        self._buffer = bytearray()
+        self.url = ""
+
+    async def next(self) -> JsonObject:
+        """The next line it printed: ``{"verified": true, "id": ..., "event": ...}`` or
+        ``{"verified": false, "error": ...}``."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            chunk = await self._stdout.receive_some()
+            if not chunk:
+                raise NodeScriptError("webhook_receiver.mjs exited")
+            self._buffer += chunk
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        result: JsonObject = json.loads(line)
+        return result
+
+
+@asynccontextmanager
+async def webhook_receiver(secret: str, *, raw: bool = False) -> AsyncIterator[NodeWebhookReceiver]:
+    """Run a Node webhook endpoint on 127.0.0.1 that verifies with ``secret`` (``whsec_...``, or
+    with ``raw`` the key's characters as they are)."""
+    process = await trio.lowlevel.open_process(
+        [_node(), "webhook_receiver.mjs", *(["raw"] if raw else [])],
+        cwd=NODE_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "WEBHOOK_SECRET": secret},
+    )
+    try:
+        receiver = NodeWebhookReceiver(process)
+        receiver.url = f"http://127.0.0.1:{(await receiver.next())['port']}/hooks"
+        yield receiver
     finally:
         with trio.CancelScope(shield=True):
             await _stop_process(process)

@@ -22,10 +22,16 @@ from trio_ysync.transport import CloseCode
 TIMEOUT = 10
 
 
-async def start_hypercorn(nursery: trio.Nursery, app: Any, shutdown: trio.Event) -> int:
+async def start_hypercorn(
+    nursery: trio.Nursery, app: Any, shutdown: trio.Event, **settings: Any
+) -> int:
+    """Serve ``app`` on a free port of 127.0.0.1 until ``shutdown``; ``settings`` are
+    hypercorn's (``keep_alive_timeout=...``)."""
     config = hypercorn.config.Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
+    for name, value in settings.items():
+        setattr(config, name, value)
 
     async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
         await hypercorn.trio.serve(

@@ -306,3 +306,27 @@ def test_access_mistakes_are_one_line(
     elif args[-1] == "--auth-secret-file":
         args = [*args, str(path), "--port", "0", "--store", "memory"]
     fail_main(*args, status=status, says=says)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--webhook", "http://127.0.0.1:9/hook"], "a webhook needs a secret"),
+        (["--webhook-events", "room.changed"], "need --webhook URL"),
+        (
+            ["--webhook", "ftp://x/", "--webhook-secret-file", "SECRET"],
+            "--webhook:",
+        ),
+        (
+            ["--webhook", "http://x/", "--webhook-secret-file", "SECRET", "--webhook-events", "x"],
+            "--webhook:",
+        ),
+    ],
+)
+def test_webhook_mistakes_are_one_line(
+    fail_main, tmp_path: Path, args: list[str], says: str
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"w" * 40)
+    args = [str(secret) if arg == "SECRET" else arg for arg in args]
+    fail_main("serve", "--port", "0", "--store", "memory", *args, status=2, says=says)

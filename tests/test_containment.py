@@ -203,7 +203,12 @@ async def test_a_closed_connection_never_writes_to_a_reused_descriptor() -> None
     room's messages to whatever connection the kernel gave that number next."""
     ours, theirs = socket.socketpair()
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    websocket = ServerWebSocket(stream, max_message_size=1024, max_buffered_bytes=1024)
+    websocket = ServerWebSocket(
+        stream,
+        max_message_size=1024,
+        max_buffered_bytes=1024,
+        sock=ours,  # the fast path
+    )
     number = ours.fileno()
     await trio.aclose_forcefully(stream)
     # The kernel hands the number to another connection (usually at once; dup2 makes sure).

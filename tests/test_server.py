@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 import trio
 from rawclient import RawClient
-from wsclient import connect, http_get
+from wsclient import TestClient, connect, http_get
 from ydocs import insert_text
 
 from trio_ysync.doc import new_document
@@ -157,15 +159,20 @@ async def test_room_names_are_percent_decoded(running: Running) -> None:
             assert "café room" in running.server.rooms
 
 
+async def write_and_wait(client: TestClient, text: str) -> None:
+    """Send an update with ``text`` and wait until the server has handled it."""
+    await client.send(SyncUpdate(make_update(text)))
+    await client.send(QueryAwareness())  # answered after the update before it
+    await client.receive_until(AwarenessUpdate)
+
+
 async def test_room_unloads_after_the_grace_period_and_keeps_its_content(
     running: Running,
 ) -> None:
     with trio.fail_after(TIMEOUT):
         async with connect(running.port, "unload") as a:
             await a.join()
-            await a.send(SyncUpdate(make_update("kept")))
-            await a.send(QueryAwareness())
-            await a.receive_until(AwarenessUpdate)
+            await write_and_wait(a, "kept")
             room = running.server.rooms["unload"]
         await room.closed.wait()
         assert "unload" not in running.server.rooms
@@ -175,6 +182,22 @@ async def test_room_unloads_after_the_grace_period_and_keeps_its_content(
             doc.apply_update(answer)
             assert doc.get_text("t") == "kept"
             assert running.server.rooms["unload"] is not room
+
+
+async def test_an_unloaded_room_is_freed_with_its_document(running: Running) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(running.port, "freed") as client:
+            await client.join()
+            await write_and_wait(client, "gone")
+            room = running.server.rooms["freed"]
+            room_ref, native_ref = weakref.ref(room), weakref.ref(room.document.native)
+            del room
+        await room_ref().closed.wait()  # type: ignore[union-attr]
+        await trio.testing.wait_all_tasks_blocked()
+    assert "freed" not in running.server.rooms
+    gc.collect()
+    assert room_ref() is None
+    assert native_ref() is None
 
 
 async def test_shutdown_closes_clients_with_going_away(nursery: trio.Nursery) -> None:

@@ -24,6 +24,7 @@ from ._redis import DEFAULT_PREFIX, check_prefix
 from .auth import create_token, read_secret_file
 from .bus import BusError
 from .errors import DocumentError, ProtocolError
+from .hooks import ServerHooks
 from .limits import Limits
 from .logs import TEXT_FORMAT, WORKER_TEXT_FORMAT, JSONFormatter, WorkerTag
 from .store import Store, StoreError, admin, open_store
@@ -325,6 +326,22 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
         help="answer /metrics only to requests with the bearer token in FILE",
     )
     operations.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="POST signed notices of room changes to URL (see the Integration page)",
+    )
+    operations.add_argument(
+        "--webhook-secret-file",
+        metavar="FILE",
+        help="the webhook signing secret: whsec_ and base64 (Standard Webhooks), or a raw key",
+    )
+    operations.add_argument(
+        "--webhook-events",
+        metavar="TYPES",
+        help="what to send, separated by commas: room.changed, connection.opened, "
+        "connection.closed (default: room.changed)",
+    )
+    operations.add_argument(
         "--presence-interval",
         type=_seconds,
         default=0.0,
@@ -504,6 +521,7 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         if args.metrics_token_file is None
         else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
     )
+    hooks = _hooks(args)
     store = _serve_store(args)
     # The port is bound before the store opens, so a server that cannot listen creates no
     # file; the bus and the store close after the server has flushed its rooms.
@@ -529,6 +547,7 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
             http_api=args.http_api,
             presence_interval=args.presence_interval,
             echo_updates=args.echo_updates,
+            hooks=hooks,
         )
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve_listeners, listeners)
@@ -580,6 +599,19 @@ async def _serve_workers(
     finally:
         for sock in reserved:
             sock.close()
+
+
+def _hooks(args: argparse.Namespace) -> list[ServerHooks]:
+    from .webhooks import Webhooks
+
+    if args.webhook is None:
+        if args.webhook_secret_file is not None or args.webhook_events is not None:
+            raise UsageError("--webhook-secret-file and --webhook-events need --webhook URL")
+        return []
+    try:
+        return [Webhooks.from_options(args.webhook, args.webhook_secret_file, args.webhook_events)]
+    except ValueError as exc:
+        raise UsageError(f"--webhook: {exc}") from exc
 
 
 def _limits(args: argparse.Namespace) -> Limits:

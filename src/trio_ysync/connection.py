@@ -172,7 +172,8 @@ class Connection(Protocol):
 
     @property
     def closing(self) -> bool:
-        """Whether the connection is closing or closed: send nothing more, do no more work."""
+        """Whether the connection is closing (or already gone): send nothing more, do no more
+        work."""
         ...
 
     @property

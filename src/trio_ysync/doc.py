@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 import secrets
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -178,6 +179,26 @@ class Document(abc.ABC):
                     self._callback_error = exc
 
 
+def _native_observer(
+    document: Document, read_update: Callable[[Any], bytes]
+) -> Callable[[Any], None]:
+    """An observer for the native document that holds the adapter weakly.
+
+    The native libraries keep their observers alive from Rust, where Python's garbage collector
+    cannot see them: an observer holding the adapter would close a cycle (adapter -> native
+    document -> observer -> adapter) that is never collected, and with it everything the
+    adapter's callbacks reach (for a server: every room ever loaded).
+    """
+    adapter = weakref.ref(document)
+
+    def observer(event: Any) -> None:
+        target = adapter()
+        if target is not None:
+            target._dispatch(read_update(event))
+
+    return observer
+
+
 class YPyDocument(Document):
     """A :class:`Document` over a ``y_py.YDoc``."""
 
@@ -190,7 +211,7 @@ class YPyDocument(Document):
         # The event is only valid inside the callback: read the update there.
         # y-py cannot unsubscribe (close() silences the adapter instead).
         self._subscription = self._doc.observe_after_transaction(
-            lambda event: self._dispatch(event.get_update())
+            _native_observer(self, lambda event: event.get_update())
         )
 
     def _state_vector(self) -> bytes:
@@ -217,19 +238,22 @@ class YPyDocument(Document):
 class PycrdtDocument(Document):
     """A :class:`Document` over a ``pycrdt.Doc``."""
 
-    __slots__ = ("_subscription",)
+    __slots__ = ("_unobserve",)
 
     def __init__(self, doc: Any = None) -> None:
         import pycrdt
 
         super().__init__(pycrdt.Doc() if doc is None else doc)
-        self._subscription: Any = self._doc.observe(lambda event: self._dispatch(event.update))
+        subscription = self._doc.observe(_native_observer(self, lambda event: event.update))
+        # pycrdt's own observer wrapper holds the pycrdt.Doc, so an observed document is a
+        # cycle through Rust that is never collected: unobserve on close(), or at the latest
+        # when this adapter is freed.
+        self._unobserve = weakref.finalize(self, self._doc.unobserve, subscription)
+        self._unobserve.atexit = False
 
     def close(self) -> None:
         super().close()
-        if self._subscription is not None:
-            self._doc.unobserve(self._subscription)
-            self._subscription = None
+        self._unobserve()
 
     def _state_vector(self) -> bytes:
         return bytes(self._doc.get_state())

@@ -8,6 +8,7 @@ allow is closed with 1008. An offender is logged once a minute, not once per ref
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -33,6 +34,14 @@ logger = logging.getLogger("trio_ysync.limits")
 
 #: Seconds between two log lines about the same offender.
 _LOG_EVERY = 60.0
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class TooManyRequests(YSyncError):
@@ -202,11 +211,7 @@ class Admission:
         if request.client is None:
             return "unknown", False
         address = request.client[0]
-        try:
-            local = ipaddress.ip_address(address.partition("%")[0]).is_loopback
-        except ValueError:
-            local = False
-        return address, local
+        return address, _is_loopback(address)
 
     def admit(self, request: ConnectionRequest) -> _Ticket:
         """Let the request in (then :meth:`_Ticket.release` the ticket when it ends).

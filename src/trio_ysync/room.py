@@ -407,18 +407,21 @@ class Room:
         logger.error("room %r failed while %s", self.name, what, exc_info=exc)
         self._fail(exc, "internal error")
 
-    @contextmanager
-    def reserved(self) -> Iterator[None]:
-        """Keep the room loaded while a peer is on its way in (from before it is loaded until it
-        has joined)."""
+    def reserve(self) -> None:
+        """Keep the room loaded while a peer is on its way in, from before it is loaded until
+        it has joined; :meth:`unreserve` once it has joined or given up.
+
+        Raises:
+            RoomClosedError: the room is unloading or closed.
+        """
         if self._state not in (RoomState.LOADING, RoomState.OPEN):
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         self._reservations += 1
-        try:
-            yield
-        finally:
-            self._reservations -= 1
-            self._idle_changed.set()
+
+    def unreserve(self) -> None:
+        """Release a :meth:`reserve`."""
+        self._reservations -= 1
+        self._idle_changed.set()
 
     @property
     def _in_use(self) -> bool:

@@ -17,16 +17,17 @@ from __future__ import annotations
 import hmac
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any
 
 import trio
 
+from .accept import accept_forever, plain_socket
 from .api import DocumentAPI
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
 from .bus import BusError, LocalBus, RoomBus
@@ -257,32 +258,39 @@ class RoomServer:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host``:``port`` until :meth:`shutdown`; started with the bound port."""
-        listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
-        if ssl_context is not None:
-            listeners = [trio.SSLListener(listener, ssl_context) for listener in listeners]
-        await self.serve_listeners(listeners, task_status=task_status)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, ssl_context=ssl_context, task_status=task_status)
 
     async def serve_listeners(
         self,
-        listeners: Sequence[trio.abc.Listener[Any]],
+        listeners: Sequence[trio.SocketListener],
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve connections from ``listeners`` (bound already, for example with options of
-        your own) until :meth:`shutdown`, then close them; started with the port of the first.
-        """
-        bound_port = _port_of(listeners[0])
+        """Serve connections from ``listeners`` (listening already: bound with options of
+        your own, say) until :meth:`shutdown`, then close them; started with the port of the
+        first."""
+        host, bound_port = listeners[0].socket.getsockname()[:2]
         async with self._run_rooms(), trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
-                await accepting.start(
-                    partial(
-                        trio.serve_listeners,
-                        self.serve_stream,
-                        list(listeners),
-                        handler_nursery=connections,
+                if ssl_context is None:
+                    for listener in listeners:
+                        accepting.start_soon(
+                            accept_forever, plain_socket(listener), self._serve_socket,
+                            connections,
+                        )  # fmt: skip
+                else:
+                    secure = [trio.SSLListener(one, ssl_context) for one in listeners]
+                    await accepting.start(
+                        partial(
+                            trio.serve_listeners,
+                            self.serve_stream,
+                            secure,
+                            handler_nursery=connections,
+                        )
                     )
-                )
-                logger.info("serving on port %d", bound_port)
+                logger.info("serving on %s:%d", host, bound_port)
                 task_status.started(bound_port)
                 await self._shutdown.wait()
                 accepting.cancel_scope.cancel()
@@ -295,8 +303,12 @@ class RoomServer:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection (a TCP or TLS stream) until it closes. Never raises."""
+        await self._serve_socket(None, stream)
+
+    async def _serve_socket(self, sock: socket.socket | None, stream: trio.abc.Stream) -> None:
         websocket = ServerWebSocket(
             stream,
+            sock=sock,
             max_message_size=self.max_message_size,
             max_buffered_bytes=self.max_buffered_bytes,
             close_timeout=self.close_timeout,
@@ -306,7 +318,7 @@ class RoomServer:
         )
         request = None
         try:
-            with trio.move_on_after(self.handshake_timeout):
+            with self.timers.scope_after(self.handshake_timeout):
                 request = await websocket.handshake(self.answer_http)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -356,12 +368,15 @@ class RoomServer:
             grant = await self._authorize(pending, who)
             if grant is None:
                 return
-            async with self.open_room(request.room) as room:
+            room = await self._reserve_room(request.room)
+            try:
                 connection: Connection | None = None
-                with trio.move_on_after(self.handshake_timeout):
+                with self.timers.scope_after(self.handshake_timeout):
                     connection = await pending.accept()
                 if connection is not None:
                     await self._run_peer(room, connection, grant, who)
+            finally:
+                room.unreserve()
         except RoomClosedError as exc:
             logger.info("%s: refusing a connection to room %r: %s", who, request.room, exc)
             await self._refuse(pending, exc, who)
@@ -378,14 +393,13 @@ class RoomServer:
     async def _authorize(self, pending: PendingConnection, who: str) -> Grant | None:
         """The request's grant, or ``None`` once it has been refused."""
         try:
-            with trio.fail_after(self.handshake_timeout):
+            with self.timers.scope_after(self.handshake_timeout):
                 return await self.authorize(pending.request)
+            logger.error("%s: the authorize hook did not answer in time", who)
+            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except YSyncError as exc:
             self.admission.log_refusal(who, exc)
             await self._refuse(pending, exc, who)
-        except trio.TooSlowError:
-            logger.error("%s: the authorize hook did not answer in time", who)
-            await self._refuse(pending, ServerFull("authorization timed out"), who)
         except Exception:
             logger.exception("%s: the authorize hook failed", who)
             await self._refuse(pending, YSyncError("authorization failed"), who)
@@ -521,11 +535,21 @@ class RoomServer:
     @asynccontextmanager
     async def open_room(self, name: str) -> AsyncIterator[Room]:
         """The loaded room ``name`` (created and loaded if needed), kept loaded while the
-        ``async with`` block runs, so a peer can finish its handshake before it joins.
+        ``async with`` block runs.
 
         Raises:
             RoomClosedError: the server is shutting down or the room could not be loaded.
+            ServerFull: loading another room would pass :attr:`Limits.max_rooms`.
         """
+        room = await self._reserve_room(name)
+        try:
+            yield room
+        finally:
+            room.unreserve()
+
+    async def _reserve_room(self, name: str) -> Room:
+        """The loaded room ``name``, reserved (see :meth:`Room.reserve`): the caller must
+        ``unreserve()`` it."""
         while True:
             if self._shutdown.is_set() or self._rooms_nursery is None:
                 raise RoomClosedError("the server is shutting down")
@@ -553,11 +577,15 @@ class RoomServer:
                 self._rooms_nursery.start_soon(self._run_room, room)
             if room.state in (RoomState.LOADING, RoomState.OPEN):
                 # Reserved before it is ready, so it cannot unload between its load and us.
-                with room.reserved():
+                room.reserve()
+                try:
                     await room.ready.wait()
-                    if room.accepting:
-                        yield room
-                        return
+                except BaseException:
+                    room.unreserve()
+                    raise
+                if room.accepting:
+                    return room
+                room.unreserve()
             if created and room.failure is not None:
                 raise RoomClosedError(f"room {name!r} could not be loaded")
             # The room is unloading or failed: wait until it is gone, then load it afresh.
@@ -633,14 +661,6 @@ class _RoomEvents:
 
     def sent(self, kind: str, receivers: int, size: int) -> None:
         self._server.instruments.messages_sent(kind, receivers, size)
-
-
-def _port_of(listener: trio.abc.Listener[Any]) -> int:
-    while isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    if not isinstance(listener, trio.SocketListener):
-        raise TypeError(f"cannot tell the port of {listener!r}")
-    return int(listener.socket.getsockname()[1])
 
 
 async def _discard(payload: bytes) -> None:

@@ -11,25 +11,25 @@ writer, so bytes never interleave.
 
 from __future__ import annotations
 
+import base64
 import logging
-import os
+import socket
 import struct
 from typing import Any
 
 import h11
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, generate_accept_token, split_comma_header
 
 from .connection import (
     ConnectionRequest,
@@ -168,6 +168,28 @@ def stream_peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     return None
 
 
+def _check_upgrade(method: bytes, fields: dict[bytes, bytes]) -> bytes:
+    """The ``Sec-WebSocket-Key`` of a valid upgrade request (RFC 6455, section 4.2.1).
+
+    Raises:
+        ProtocolError: it is not a valid WebSocket upgrade (HTTP 400).
+    """
+    if method != b"GET":
+        raise ProtocolError("a WebSocket upgrade must be a GET request")
+    if "upgrade" not in (t.lower() for t in split_comma_header(fields.get(b"connection", b""))):
+        raise ProtocolError("missing 'Connection: Upgrade'")
+    if fields.get(b"sec-websocket-version") != b"13":
+        raise ProtocolError("unsupported WebSocket version (this server speaks version 13)")
+    key = fields.get(b"sec-websocket-key", b"")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ProtocolError("missing or invalid Sec-WebSocket-Key")
+    return key
+
+
 class ServerWebSocket(QueuedConnection):
     """One server-side WebSocket over a trio stream.
 
@@ -182,6 +204,8 @@ class ServerWebSocket(QueuedConnection):
             ping by the next one is closed.
         max_fragments: how many frames one message may be split into.
         timers: the server's timers, which send the pings (no timers, no pings).
+        sock: the plain socket under ``stream``, when there is one: reads and writes that do
+            not block go to it directly (see :mod:`trio_ysync.accept`).
     """
 
     def __init__(
@@ -194,6 +218,7 @@ class ServerWebSocket(QueuedConnection):
         ping_interval: float = 30.0,
         max_fragments: int = DEFAULT_MAX_FRAGMENTS,
         timers: Timers | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.client = stream_peer_address(stream)
         super().__init__(
@@ -205,7 +230,10 @@ class ServerWebSocket(QueuedConnection):
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._guard = FrameGuard(max_message_size, max_fragments)
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # The frame layer of wsproto, created when the upgrade is accepted.
+        self._ws: WSConnection | None = None
+        self._key: bytes | None = None
+        self._trailing = b""
         self._http: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=_MAX_HTTP_HEAD
         )
@@ -213,13 +241,11 @@ class ServerWebSocket(QueuedConnection):
         self._timers = timers
         self._ping_timer: Timer | None = None
         self._read_size = _MIN_READ_SIZE
-        # Plain TCP sockets on POSIX can take a frame at once, without waking the writer task
-        # (one system call instead of a task switch and a send_all per receiver). The socket
-        # object is kept, never its file descriptor number: once the socket is closed its
-        # fileno() is -1, so a number the kernel has reused is never written to.
-        self._socket: Any = (
-            stream.socket if isinstance(stream, trio.SocketStream) and os.name == "posix" else None
-        )
+        # A plain socket can take a frame at once, without waking the writer task (one system
+        # call instead of a task switch and a send_all per receiver). The socket object is
+        # kept, never its file descriptor number: once it is closed, a send raises instead of
+        # writing to a number the kernel may have given to another connection.
+        self._sock = sock
 
     # -- handshake -----------------------------------------------------------------------
 
@@ -238,7 +264,8 @@ class ServerWebSocket(QueuedConnection):
             if not isinstance(event, h11.Request):
                 return None
             headers = [(name.lower(), value) for name, value in event.headers]
-            if dict(headers).get(b"upgrade", b"").lower() != b"websocket":
+            fields = dict(headers)
+            if fields.get(b"upgrade", b"").lower() != b"websocket":
                 request = HTTPRequest(
                     method=event.method.decode("ascii"),
                     target=event.target.decode("ascii"),
@@ -247,17 +274,19 @@ class ServerWebSocket(QueuedConnection):
                 )
                 await self._send_http(parser, await http_handler(request))
                 return None
-            self._ws.receive_data(bytes(raw))
-            upgrade = next((e for e in self._ws.events() if isinstance(e, Request)), None)
-            if upgrade is None:
-                return None
+            self._key = _check_upgrade(event.method, fields)
+            self._trailing = parser.trailing_data[0]
             return ConnectionRequest.from_target(
-                upgrade.target,
-                upgrade.extra_headers,
-                subprotocols=upgrade.subprotocols,
+                event.target.decode("ascii"),
+                headers,
+                subprotocols=[
+                    protocol
+                    for value in (v for n, v in headers if n == b"sec-websocket-protocol")
+                    for protocol in split_comma_header(value)
+                ],
                 client=self.client,
             )
-        except (h11.RemoteProtocolError, RemoteProtocolError, YSyncError) as exc:
+        except (h11.RemoteProtocolError, YSyncError) as exc:
             status = exc.http_status if isinstance(exc, YSyncError) else 400
             logger.info("%s: refusing a bad HTTP request: %s", self.name, exc)
             await self._send_http(parser, HTTPResponse.text(status, str(exc)))
@@ -301,8 +330,19 @@ class ServerWebSocket(QueuedConnection):
     async def accept(self, subprotocol: str | None = None) -> ServerWebSocket:
         """Complete the upgrade. Extensions such as permessage-deflate are never negotiated:
         compression state is per connection, which would defeat encode-once broadcast."""
-        await self.stream.send_all(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        assert self._key is not None, "accept() follows a handshake() that returned a request"
+        # The answer is fixed but for two headers: written here rather than through a second
+        # HTTP state machine (wsproto's handshake layer), which cost a sixth of a connect storm.
+        response = [
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key) + b"\r\n",
+        ]
+        if subprotocol is not None:
+            response.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii") + b"\r\n")
+        await self._send_bytes(b"".join(response) + b"\r\n")
+        self._ws = WSConnection(ConnectionType.SERVER, trailing_data=self._trailing)
         self._http = None  # done with HTTP: an idle connection should not keep a parser
+        self._key = None
         return self
 
     async def refuse(self, status: int, reason: str) -> None:
@@ -315,15 +355,25 @@ class ServerWebSocket(QueuedConnection):
     def _serialize(self, message: OutgoingMessage) -> bytes:
         return message.frame
 
+    async def _send_bytes(self, data: bytes) -> None:
+        """Send bytes that are not a message (the upgrade's answer), at once if possible."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                data = data[sock.send(data) :]
+            except OSError:
+                pass  # would block, or broken: send_all meets either
+        if data:
+            await self.stream.send_all(data)
+        else:
+            await trio.lowlevel.checkpoint()
+
     def _write_now(self, data: bytes) -> bytes:
-        socket = self._socket
-        if socket is None:
-            return data
-        fd = socket.fileno()
-        if fd < 0:
+        sock = self._sock
+        if sock is None:
             return data
         try:
-            written = os.write(fd, data)
+            written = sock.send(data)
         except OSError:
             # Would block, or the connection broke: the writer task meets either.
             return data
@@ -340,11 +390,12 @@ class ServerWebSocket(QueuedConnection):
             return False
         if self.close_code is None:
             self._awaiting_pong = True
+            assert self._ws is not None, "pings start once the upgrade is accepted"
             self._queue_control(self._ws.send(Ping(b"")))
         return True
 
     def _announce_close(self, code: int, reason: str) -> None:
-        if self._ws.state is ConnectionState.OPEN:
+        if self._ws is not None and self._ws.state is ConnectionState.OPEN:
             self._queue_control(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     async def _write(self, chunks: list[bytes]) -> None:
@@ -375,6 +426,8 @@ class ServerWebSocket(QueuedConnection):
         self._ping_timer = self._timers.call_later(self.ping_interval, self._ping_due)
 
     async def _read_all(self, on_message: MessageHandler) -> None:
+        frames = self._ws
+        assert frames is not None, "run() follows accept()"
         parts: list[bytes | bytearray] = []
         while True:
             try:
@@ -393,8 +446,8 @@ class ServerWebSocket(QueuedConnection):
                     self._refuse_input(exc)
                     await self._discard_input()
                     return
-            self._ws.receive_data(bytes(data))
-            for count, event in enumerate(self._ws.events(), 1):
+            frames.receive_data(bytes(data))
+            for count, event in enumerate(frames.events(), 1):
                 if not count % _EVENTS_PER_CHECKPOINT:
                     # One read can hold thousands of tiny frames: let other connections in.
                     await trio.lowlevel.checkpoint()
@@ -408,28 +461,55 @@ class ServerWebSocket(QueuedConnection):
                         await on_message(bytes(message))
                 elif isinstance(event, Ping):
                     if self.close_code is None:
-                        self._queue_control(self._ws.send(event.response()))
+                        self._queue_control(frames.send(event.response()))
                 elif isinstance(event, Pong):
                     self._awaiting_pong = False
                 elif isinstance(event, CloseConnection):
-                    if self._ws.state is ConnectionState.OPEN:
+                    if frames.state is ConnectionState.OPEN:
                         # wsproto could not parse a frame: it reports that as a close event.
                         self._refuse_input(FrameError(event.reason or "invalid frame"))
                         return
                     self._on_close(event)
                 elif isinstance(event, TextMessage) and self.close_code is None:
                     self._refuse_input(UnsupportedMessageError("text messages are not supported"))
-            if self._ws.state is ConnectionState.CLOSED:
+            if frames.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
 
     async def _receive(self) -> bytes | bytearray:
         """Read what has arrived, asking for more only while reads come back full."""
-        data = await self.stream.receive_some(self._read_size)
+        sock = self._sock
+        if sock is None:
+            data = await self.stream.receive_some(self._read_size)
+        else:
+            data = await self._receive_from(sock)
         if len(data) == self._read_size:
             self._read_size = min(self._read_size * 2, _MAX_READ_SIZE)
         else:
             self._read_size = _MIN_READ_SIZE
         return data
+
+    async def _receive_from(self, sock: socket.socket) -> bytes:
+        # What trio's SocketStream.receive_some does, without its per-call machinery: try the
+        # socket, wait for it only when it has nothing, and yield to the others either way.
+        try:
+            data = sock.recv(self._read_size)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("the connection was closed") from exc
+            return b""  # reset by the peer: the connection is gone
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(self._read_size)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
 
     async def _discard_input(self) -> None:
         # The client may still be sending what it announced. Read and drop it rather than
@@ -442,6 +522,7 @@ class ServerWebSocket(QueuedConnection):
             pass
 
     def _on_close(self, event: CloseConnection) -> None:
+        assert self._ws is not None
         if self.close_code is None:
             self.close_code = event.code
             self.close_reason = event.reason or ""

@@ -333,7 +333,7 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
     operations.add_argument(
         "--webhook-secret-file",
         metavar="FILE",
-        help="the webhook signing secret: whsec_ and base64 (Standard Webhooks), or a raw key",
+        help="the webhook signing secret: whsec_<base64> (Standard Webhooks), or a raw key",
     )
     operations.add_argument(
         "--webhook-events",

@@ -139,3 +139,29 @@ async def test_a_room_that_catches_up_answers_with_the_caught_up_document(
             copy = new_document()
             copy.apply_update(answer.update)
             assert copy.get_text("t") == "missed while lagging"
+
+
+async def test_a_newcomer_gets_what_other_servers_sent_since_the_last_newcomer(
+    tmp_path: Path,
+) -> None:
+    """The whole-document answer a server keeps for newcomers is renewed by the updates other
+    servers send, not only by its own peers'."""
+    store = tmp_path / "r.db"
+    doc = new_document(client_id=5)
+    insert_text(doc, 0, "from the other server")
+    with trio.fail_after(TIMEOUT):
+        async with (
+            redis_server() as redis,
+            serving(redis.url, SQLiteStore(store)) as (_, first_port),
+            serving(redis.url, SQLiteStore(store)) as (_, second_port),
+            connect(second_port, "r") as early,
+            connect(first_port, "r") as writer,
+        ):
+            assert await early.join() == b"\x00\x00"  # the (empty) whole document, kept
+            await writer.join()
+            await writer.send(SyncUpdate(doc.diff()))
+            await early.receive_until(SyncUpdate)
+            async with connect(second_port, "r") as late:
+                copy = new_document()
+                copy.apply_update(await late.join())
+                assert copy.get_text("t") == "from the other server"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from permissions import requires_enforced_permissions
 from ydocs import insert_text
 
 from trio_ysync.doc import Backend, new_document
-from trio_ysync.store import SQLiteStore, StoreError
+from trio_ysync.store import SQLiteStore, StoredRoom, StoreError
 from trio_ysync.store import sqlite as sqlite_module
 
 
@@ -245,3 +247,32 @@ async def test_open_errors_say_why(tmp_path: Path) -> None:
         async with SQLiteStore(tmp_path / "dir.db"):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.db", "junk.db"]
+
+
+async def test_operations_that_arrive_together_share_a_thread_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect storm loads thousands of rooms at once: one thread round trip each would
+    dominate, so the ones waiting go together."""
+    trips = 0
+    run_sync = trio.to_thread.run_sync
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run_sync(*args, **kwargs)
+
+    async with SQLiteStore(tmp_path / "rooms.db") as store:
+        await store.append("r7", [b"\x00\x00"])
+        monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+        loaded: dict[str, StoredRoom] = {}
+
+        async def load(room: str) -> None:
+            loaded[room] = await store.load(room)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(200):
+                nursery.start_soon(load, f"r{index}")
+    assert len(loaded) == 200
+    assert loaded["r7"].updates == [b"\x00\x00"]
+    assert trips <= 3, trips

@@ -53,6 +53,7 @@ from .protocol import (
     SyncUpdate,
     UnknownMessage,
     decode_awareness_update,
+    encode,
     encode_awareness_update,
     validate_update,
 )
@@ -66,6 +67,11 @@ logger = logging.getLogger("trio_ysync.room")
 
 #: How many awareness client IDs one connection may speak for (a y-websocket client has one).
 MAX_AWARENESS_CLIENTS_PER_PEER = 16
+
+
+#: A state vector with no clients: what a peer holding nothing sends.
+EMPTY_STATE_VECTOR = b"\x00"
+_EMPTY_STEP1 = encode(SyncStep1(EMPTY_STATE_VECTOR))
 
 
 class RoomState(enum.Enum):
@@ -277,6 +283,9 @@ class Room:
         self.presence_interval = presence_interval
         self.echo_updates = echo_updates
         self._pending_presence: dict[int, None] = {}
+        # Answers that depend only on the document, encoded once until it changes.
+        self._cached_step1: OutgoingMessage | None = None
+        self._cached_step2: OutgoingMessage | None = None
         self._presence_timer: Timer | None = None
         self._log_entries = 0
         self._log_bytes = 0
@@ -514,7 +523,7 @@ class Room:
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         # Everything that can fail happens before the peer is added.
         try:
-            greeting = [OutgoingMessage.of(SyncStep1(self.document.state_vector()))]
+            greeting = [self._state_vector_message()]
             if len(self.awareness):
                 greeting.append(OutgoingMessage.of(self.awareness.update_message()))
         except Exception as exc:
@@ -639,7 +648,11 @@ class Room:
         if peer.closing or peer not in self.peers:
             return
         try:
-            update = self.document.diff(state_vector)
+            if state_vector == EMPTY_STATE_VECTOR:
+                # A newcomer with nothing: every such answer is the same, encoded once.
+                answer = self._whole_state()
+            else:
+                answer = OutgoingMessage.of(SyncStep2(self.document.diff(state_vector)))
         except DocumentBrokenError as exc:
             self._fail_on_bug(exc, "encoding a diff")
             return
@@ -649,9 +662,25 @@ class Room:
             )
             peer.close(exc.close_code, "invalid state vector")
             return
-        self._unicast(peer, OutgoingMessage.of(SyncStep2(update)))
+        self._unicast(peer, answer)
         peer._answer_mark = peer.connection.bytes_queued
         self._receivers.add(peer)
+
+    def _state_vector_message(self) -> OutgoingMessage:
+        """The SyncStep1 every newcomer is greeted with (the same until the document changes)."""
+        if self._cached_step1 is None:
+            self._cached_step1 = OutgoingMessage.of(SyncStep1(self.document.state_vector()))
+        return self._cached_step1
+
+    def _whole_state(self) -> OutgoingMessage:
+        """The SyncStep2 with the whole document (the same until the document changes)."""
+        if self._cached_step2 is None:
+            if self._state_vector_message().payload == _EMPTY_STEP1:
+                update = EMPTY_UPDATE  # nothing to encode
+            else:
+                update = self.document.diff(EMPTY_STATE_VECTOR)
+            self._cached_step2 = OutgoingMessage.of(SyncStep2(update))
+        return self._cached_step2
 
     def _apply_awareness(self, peer: Peer, message: AwarenessUpdate) -> None:
         controlled = self.awareness.controlled_by(peer)
@@ -669,6 +698,7 @@ class Room:
     # -- document updates ----------------------------------------------------------------
 
     def _on_document_update(self, update: bytes, origin: object) -> None:
+        self._cached_step1 = self._cached_step2 = None
         message = OutgoingMessage.of(SyncUpdate(update))
         self._uncommitted.append(update)
         self._uncommitted_origins.append(_identity_of(origin))
@@ -759,6 +789,7 @@ class Room:
                     logger.error("room %r: an update from another server: %s", self.name, exc)
 
     def _on_remote_update(self, update: bytes, origin: object) -> None:
+        self._cached_step1 = self._cached_step2 = None
         self._broadcast(OutgoingMessage.of(SyncUpdate(update)))
 
     def remote_awareness(self, payload: bytes) -> None:

@@ -14,8 +14,9 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import outcome
 import trio
 
 from ..errors import YSyncError
@@ -24,6 +25,11 @@ __all__ = ["Store", "StoreError", "StoredRoom"]
 
 _T = TypeVar("_T")
 _StoreT = TypeVar("_StoreT", bound="Store")
+
+
+def _run_jobs(jobs: list[_Job]) -> None:
+    for job in jobs:
+        job.outcome = outcome.capture(job.fn)
 
 
 class StoreError(YSyncError):
@@ -239,13 +245,27 @@ class Store(abc.ABC):
         await self.aclose()
 
 
+class _Job:
+    """One operation waiting for, or done by, the worker thread."""
+
+    __slots__ = ("fn", "lead", "outcome", "wake")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.outcome: outcome.Outcome[Any] | None = None
+        self.lead = False
+        self.wake = trio.Event()
+
+
 class ThreadedStore(Store):
     """Base of stores whose blocking work runs in a worker thread, one operation at a time.
 
     Subclasses implement ``_open_sync`` and ``_close_sync`` and run their blocking operations
     with :meth:`_run`; the errors listed in ``_wrapped_errors`` become :class:`StoreError`.
-    Because a ``trio.CapacityLimiter(1)`` admits one worker at a time, the subclass's files and
-    connections are only ever used by one thread at a time.
+    Operations that arrive while the thread is busy are run together in its next trip, in the
+    order they arrived (a reconnect storm loads thousands of rooms: one thread round trip each
+    would dominate). Because a ``trio.CapacityLimiter(1)`` admits one trip at a time, the
+    subclass's files and connections are only ever used by one thread at a time.
     """
 
     _wrapped_errors: ClassVar[tuple[type[Exception], ...]] = (OSError,)
@@ -254,6 +274,8 @@ class ThreadedStore(Store):
         self._limiter = trio.CapacityLimiter(1)
         self._opened = False
         self._closed = False
+        self._waiting: list[_Job] = []
+        self._leading = False
 
     @abc.abstractmethod
     def _open_sync(self) -> None:
@@ -287,7 +309,43 @@ class ThreadedStore(Store):
             except self._wrapped_errors as exc:
                 raise StoreError(f"{self!r}: {operation} failed: {exc}") from exc
 
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        job = _Job(work)
+        self._waiting.append(job)
+        if not self._leading:
+            self._leading = True
+            job.lead = True
+        # Shielded: once queued, the operation happens; a cancellation waits for it.
+        with trio.CancelScope(shield=True):
+            while job.outcome is None:
+                if job.lead:
+                    job.lead = False
+                    await self._run_waiting()
+                else:
+                    await job.wake.wait()
+                    job.wake = trio.Event()
+        done = job.outcome
+        assert done is not None
+        result: _T = done.unwrap()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return result
+
+    async def _run_waiting(self) -> None:
+        # The caller whose job leads takes every waiting job to the thread in one trip, then
+        # hands the lead to the first job that arrived meanwhile.
+        batch, self._waiting = self._waiting, []
+        try:
+            await trio.to_thread.run_sync(_run_jobs, batch, limiter=self._limiter)
+        finally:
+            for job in batch:
+                if job.outcome is None:
+                    job.outcome = outcome.Error(self._closed_error())
+                job.wake.set()
+            if self._waiting:
+                following = self._waiting[0]
+                following.lead = True
+                following.wake.set()
+            else:
+                self._leading = False
 
     async def _open(self) -> None:
         await self._run("open", lambda: None)

@@ -81,13 +81,13 @@ BENCH_DIR = ROOT / "tests" / "bench"
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side with the peers (a few minutes).
+    """Benchmarks side by side with the peers (a few minutes; the cluster needs redis-server).
 
     Writes bench-results.json, bench-results.md and docs/_static/bench.png. Arguments pick a
     workload and its sizes instead: ``nox -s bench -- fanout --clients 50``; see
     ``python tests/bench/bench.py --help``.
     """
-    session.install("-e", ".[pycrdt]")
+    session.install("-e", ".[pycrdt,redis]")
     # The peers and the tools: one that does not install is reported in the results.
     for requirement in ("pycrdt-websocket", "hypercorn>=0.16", "matplotlib", "py-spy"):
         session.run("python", "-m", "pip", "install", "--quiet", requirement, success_codes=[0, 1])

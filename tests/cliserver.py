@@ -22,11 +22,21 @@ class ServerProcess:
     port: int
     #: What the server wrote to standard error so far (with ``capture_stderr=True``).
     stderr: bytearray = field(default_factory=bytearray)
+    _more: trio.Event = field(default_factory=trio.Event)
+    _ended: bool = False
 
     @property
     def log_lines(self) -> list[str]:
         """The captured standard error, line by line."""
         return self.stderr.decode(errors="replace").splitlines()
+
+    async def wait_for_log(self, text: str, count: int = 1) -> None:
+        """Wait until ``text`` has appeared ``count`` times on the captured standard error."""
+        needle = text.encode()
+        while self.stderr.count(needle) < count:
+            if self._ended:
+                raise RuntimeError(f"the server's standard error ended before {text!r}")
+            await self._more.wait()
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""
@@ -37,9 +47,13 @@ class ServerProcess:
         self.process.send_signal(signal.SIGTERM)
 
 
-async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+async def _collect(stream: trio.abc.ReceiveStream, server: ServerProcess) -> None:
     while chunk := await stream.receive_some():
-        into += chunk
+        server.stderr += chunk
+        more, server._more = server._more, trio.Event()
+        more.set()
+    server._ended = True
+    server._more.set()
 
 
 @asynccontextmanager
@@ -67,14 +81,19 @@ async def cli_server(
         async with trio.open_nursery() as nursery:
             server = ServerProcess(process, 0)
             if process.stderr is not None:
-                nursery.start_soon(_collect, process.stderr, server.stderr)
+                nursery.start_soon(_collect, process.stderr, server)
             try:
                 assert process.stdout is not None
                 output = b""
                 while (match := _READY.search(output)) is None:
                     chunk = await process.stdout.receive_some()
                     if not chunk:
-                        raise RuntimeError(f"trio-ysync serve exited early: {output!r}")
+                        if process.stderr is not None:
+                            with trio.move_on_after(5):
+                                while not server._ended:
+                                    await server._more.wait()
+                        error = server.stderr.decode(errors="replace")[-2000:]
+                        raise RuntimeError(f"trio-ysync serve exited early: {output!r} {error}")
                     output += chunk
                 server.port = int(match.group(1))
                 yield server

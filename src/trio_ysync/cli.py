@@ -14,16 +14,19 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
 
 from . import __version__
+from ._redis import DEFAULT_PREFIX, check_prefix
 from .auth import create_token, read_secret_file
+from .bus import BusError
 from .errors import DocumentError, ProtocolError
 from .hooks import ServerHooks
 from .limits import Limits
-from .logs import TEXT_FORMAT, JSONFormatter
+from .logs import TEXT_FORMAT, WORKER_TEXT_FORMAT, JSONFormatter, WorkerTag
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -86,6 +89,7 @@ _port_number = _number_type(int, lambda n: 0 <= n <= 65535, "a port number from 
 _positive_size = _number_type(int, lambda n: n > 0, "a positive number of bytes")
 _seconds = _number_type(float, lambda s: 0 <= s < float("inf"), "a number of seconds >= 0")
 _count = _number_type(int, lambda n: n >= 0, "a whole number >= 0 (0 turns the limit off)")
+_processes = _number_type(int, lambda n: 1 <= n <= 1024, "a number of processes from 1 to 1024")
 _rate = _number_type(float, lambda r: 0 <= r < float("inf"), "a number >= 0 (0: no limit)")
 
 
@@ -157,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         defaults=True,
         help="where rooms are kept: a .db/.sqlite file (SQLite), a directory ending in '/' "
-        "(one file per room) or 'memory' (nothing kept)",
+        "(one file per room), 'memory' (nothing kept), a redis:// URL, or 'redis' (the --redis "
+        "server)",
     )
     serve.add_argument(
         "--demo",
@@ -198,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_access_options(serve)
     _add_operations_options(serve)
+    _add_cluster_options(serve)
 
     store = commands.add_parser(
         "store",
@@ -276,6 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
+    cluster = serve.add_argument_group(
+        "scaling out",
+        "Servers that share rooms through Redis; every server of a cluster uses the same "
+        "--store (one SQLite file on one host, or a Redis store). See the Scaling out page.",
+    )
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the cluster of servers that share rooms through this Redis server: "
+        "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]",
+    )
+    cluster.add_argument(
+        "--redis-prefix",
+        default=DEFAULT_PREFIX,
+        metavar="PREFIX",
+        help="the start of every Redis key name, so that several clusters can share one Redis "
+        f"database (default: {DEFAULT_PREFIX})",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="serve the port from N processes (SO_REUSEPORT) to use N cores; above 1 needs "
+        "--redis (default: 1)",
+    )
+    # Given by the parent of --workers to each worker: which one it is.
+    cluster.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+
+
 def _add_operations_options(serve: argparse.ArgumentParser) -> None:
     operations = serve.add_argument_group("operations", "See the Operations page.")
     operations.add_argument(
@@ -296,7 +333,7 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
     operations.add_argument(
         "--webhook-secret-file",
         metavar="FILE",
-        help="the webhook signing secret: whsec_ and base64 (Standard Webhooks), or a raw key",
+        help="the webhook signing secret: whsec_<base64> (Standard Webhooks), or a raw key",
     )
     operations.add_argument(
         "--webhook-events",
@@ -425,8 +462,52 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _check_serve(args: argparse.Namespace) -> None:
+    """The mistakes of a ``serve`` command line that need no I/O to be found."""
+    if args.workers > 1 and args.redis is None:
+        raise UsageError(
+            "--workers above 1 needs --redis URL: the worker processes share their rooms "
+            "through Redis"
+        )
+    if args.store == "redis" and args.redis is None:
+        raise UsageError("--store redis means the --redis server: give --redis URL too")
+    try:
+        check_prefix(args.redis_prefix)
+    except ValueError as exc:
+        raise UsageError(f"--redis-prefix: {exc}") from exc
+
+
+def _serve_store(args: argparse.Namespace) -> Store:
+    spec = args.redis if args.store == "redis" else args.store
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return _open_store(spec, redis_prefix=args.redis_prefix)
+    return _open_store(spec, fsync=args.fsync)
+
+
+async def _listen(args: argparse.Namespace, *, listen: bool = True) -> list[Any]:
+    """The listening sockets (bound only, without ``listen``): shared with the other workers
+    (``SO_REUSEPORT``) for a worker or the parent of workers."""
+    from ._workers import bind_reuseport
+
+    try:
+        if args.workers == 1:
+            return list(await trio.open_tcp_listeners(args.port, host=args.host))
+        sockets = await bind_reuseport(args.host, args.port, listen=listen)
+    except OSError as exc:
+        raise _listen_error(args.host, args.port, exc) from exc
+    return [trio.SocketListener(sock) for sock in sockets] if listen else sockets
+
+
+def _print_serving(args: argparse.Namespace, port: int, what: str = "") -> None:
+    base = f"{_url_host(args.host)}:{port}"
+    print(f"trio-ysync serving ws://{base}/<room>{what}", flush=True)
+    if args.demo:
+        print(f"demo editor: http://{base}/demo/", flush=True)
+
+
 async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
     from .auth import TokenAuthorizer, allow_everyone
+    from .bus import open_bus
     from .metrics import Metrics
     from .server import RoomServer, shutdown_on_signals
 
@@ -435,46 +516,89 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         if args.auth_secret_file is None
         else TokenAuthorizer(_secret(args.auth_secret_file, "--auth-secret-file"))
     )
-    store = _open_store(args.store, fsync=args.fsync)
-    server = RoomServer(
-        store,
-        max_message_size=args.max_message_size,
-        max_buffered_bytes=args.max_buffered_bytes,
-        room_grace_period=args.room_grace_period,
-        broadcast_before_commit=args.broadcast_before_commit,
-        demo=args.demo,
-        authorize=authorize,
-        limits=_limits(args),
-        read_only_awareness=args.read_only_awareness,
-        metrics=Metrics() if args.metrics or args.metrics_token_file else None,
-        metrics_token=(
-            None
-            if args.metrics_token_file is None
-            else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
-        ),
-        http_api=args.http_api,
-        presence_interval=args.presence_interval,
-        echo_updates=args.echo_updates,
-        hooks=_hooks(args),
+    metrics_token = (
+        None
+        if args.metrics_token_file is None
+        else _secret(args.metrics_token_file, "--metrics-token-file", check=False).decode()
     )
+    hooks = _hooks(args)
+    store = _serve_store(args)
     # The port is bound before the store opens, so a server that cannot listen creates no
-    # file; the store closes after the server has flushed its rooms.
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        try:
-            port = await nursery.start(server.serve, args.host, args.port)
-        except BaseException as exc:
-            error = _single_error(exc)
-            if isinstance(error, OSError):
-                raise _listen_error(args.host, args.port, error) from error
-            raise
+    # file; the bus and the store close after the server has flushed its rooms.
+    async with AsyncExitStack() as stack:
+        listeners = await _listen(args)
+        for listener in listeners:
+            stack.push_async_callback(listener.aclose)
         await stack.enter_async_context(store)
-        logger.info("store: %r", store)
-        base = f"{_url_host(args.host)}:{port}"
-        print(f"trio-ysync serving ws://{base}/<room>", flush=True)
-        if args.demo:
-            print(f"demo editor: http://{base}/demo/", flush=True)
-        started()
-        await shutdown_on_signals(server)
+        bus = await stack.enter_async_context(open_bus(args.redis, store, prefix=args.redis_prefix))
+        server = RoomServer(
+            store,
+            bus=bus,
+            max_message_size=args.max_message_size,
+            max_buffered_bytes=args.max_buffered_bytes,
+            room_grace_period=args.room_grace_period,
+            broadcast_before_commit=args.broadcast_before_commit,
+            demo=args.demo,
+            authorize=authorize,
+            limits=_limits(args),
+            read_only_awareness=args.read_only_awareness,
+            metrics=Metrics() if args.metrics or args.metrics_token_file else None,
+            metrics_token=metrics_token,
+            http_api=args.http_api,
+            presence_interval=args.presence_interval,
+            echo_updates=args.echo_updates,
+            hooks=hooks,
+        )
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve_listeners, listeners)
+            _print_serving(args, port)
+            started()
+            logger.info("store: %r", store)
+            if args.redis is not None:
+                logger.info("cluster: %r", bus)
+            async with trio.open_nursery() as watchers:
+                if args.worker_index is not None:
+                    from ._workers import stop_when_parent_exits
+
+                    watchers.start_soon(stop_when_parent_exits)
+                await shutdown_on_signals(server)
+                watchers.cancel_scope.cancel()
+
+
+async def _serve_workers(
+    args: argparse.Namespace, argv: Sequence[str], started: Callable[[], None]
+) -> None:
+    """The parent of ``--workers``: bind the port, check the store and Redis once (so that a
+    mistake is one line, not one per worker), then start and supervise the workers."""
+    from ._workers import WorkerFailedError, supervise
+    from .bus import open_bus
+
+    reserved = await _listen(args, listen=False)
+    try:
+        port = reserved[0].getsockname()[1]
+        store = _serve_store(args)
+        async with store, open_bus(args.redis, store, prefix=args.redis_prefix):
+            pass
+        command = [sys.executable, "-m", "trio_ysync", *argv, "--port", str(port)]
+
+        def listening(pids: list[int]) -> None:
+            for sock in reserved:
+                sock.close()
+            _print_serving(args, port, f" ({args.workers} workers)")
+            started()
+            for index, pid in enumerate(pids, start=1):
+                logger.info("worker %d: process %d", index, pid)
+
+        try:
+            await supervise(
+                [[*command, "--worker-index", str(i)] for i in range(1, args.workers + 1)],
+                listening,
+            )
+        except WorkerFailedError as exc:
+            raise CommandError(str(exc)) from exc
+    finally:
+        for sock in reserved:
+            sock.close()
 
 
 def _hooks(args: argparse.Namespace) -> list[ServerHooks]:
@@ -635,7 +759,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     """The message and the exit status for an error that ended the command."""
     if isinstance(exc, CommandError):
         return str(exc), exc.exit_status
-    if isinstance(exc, StoreError):
+    if isinstance(exc, (StoreError, BusError, ImportError)):
         return str(exc), 1
     if isinstance(exc, LookupError):  # an unknown room
         return str(exc.args[0] if exc.args else exc), 1
@@ -649,12 +773,18 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     return f"unexpected error: {type(exc).__name__}: {exc} (--debug shows the traceback)", 1
 
 
-def _configure_logging(level: str, format: str) -> logging.Handler:
+def _configure_logging(level: str, format: str, worker: int | None = None) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if format == "json" else logging.Formatter(TEXT_FORMAT))
+    if worker is not None:
+        handler.addFilter(WorkerTag(worker))
+    text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
+    handler.setFormatter(JSONFormatter() if format == "json" else logging.Formatter(text))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    if level != "DEBUG":
+        # The Redis client logs its own script retries (EVALSHA, then the script) at INFO.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     return handler
 
 
@@ -662,16 +792,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args: argparse.Namespace | None = None
     handler: logging.Handler | None = None
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        handler = _configure_logging(args.log_level, args.log_format)
+        handler = _configure_logging(
+            args.log_level, args.log_format, getattr(args, "worker_index", None)
+        )
         if args.command == "token":
             _token(args)
         elif args.command == "serve":
+            _check_serve(args)
             # Startup is quiet unless it fails: the log starts once the server is up.
             if not args.debug:
                 handler.setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
-            trio.run(_serve, args, lambda: handler.setLevel(args.log_level))
+            started = partial(handler.setLevel, args.log_level)
+            if args.workers > 1 and args.worker_index is None:
+                trio.run(_serve_workers, args, argv, started)
+            else:
+                trio.run(_serve, args, started)
         else:
             trio.run(_store_command, args)
         return 0
@@ -687,7 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         message, status = _describe(error)
         one_line = " ".join(message.split())
-        print(f"trio-ysync: error: {one_line}", file=sys.stderr)
+        worker = getattr(args, "worker_index", None)
+        who = "" if worker is None else f"worker {worker}: "
+        print(f"trio-ysync: error: {who}{one_line}", file=sys.stderr)
         return status
     finally:
         if handler is not None:

@@ -15,13 +15,30 @@ import json
 import logging
 from typing import Any
 
-__all__ = ["FIELDS", "JSONFormatter", "TEXT_FORMAT"]
+__all__ = ["FIELDS", "TEXT_FORMAT", "WORKER_TEXT_FORMAT", "JSONFormatter", "WorkerTag"]
 
 #: The format of text lines.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The format of text lines of a worker process (``serve --workers``): which one it is.
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s worker %(worker)s %(name)s: %(message)s"
 
 #: The record attributes a JSON line includes when a record has them.
-FIELDS = ("event", "room", "client", "identity", "connection", "code", "reason", "duration")
+FIELDS = (
+    "event", "room", "client", "identity", "connection", "code", "reason", "duration", "worker"
+)  # fmt: skip
+
+
+class WorkerTag(logging.Filter):
+    """Gives every record that passes the number of the worker process that logs it."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag ``record``; let it pass."""
+        record.worker = self.worker
+        return True
 
 
 class JSONFormatter(logging.Formatter):

@@ -8,8 +8,13 @@ go into the next commit together.
 Nothing a peer sends can break a room: messages reach it decoded and validated (see
 :meth:`RoomServer.serve_connection <trio_ysync.server.RoomServer.serve_connection>`), a refusal
 by the document library closes only that peer, and a failure of the library, the store or our own
-code fails the whole room at once: every peer is closed with 1011, nothing uncommitted is
-stored, and the next connection loads the room afresh from its last committed state.
+code fails the whole room at once: every peer is closed with 1011 (1013 when Redis is out of
+reach), nothing uncommitted is stored, and the next connection loads the room afresh from its
+last committed state.
+
+A room reaches the other servers that hold it through its :mod:`bus <trio_ysync.bus>`: it loads
+through it, commits to it when the bus persists (Redis: the write-ahead log of the cluster)
+instead of to the store, and is the bus's listener for what the other servers accepted.
 """
 
 from __future__ import annotations
@@ -17,19 +22,22 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import trio
 
+from .bus import BusError, LocalBus, RoomBus, RoomChannel
 from .connection import Connection, OutgoingMessage, must_propagate
-from .doc import Backend, Document, DocumentError, new_document
+from .doc import Backend, Document, DocumentError, UpdateCallback, new_document
 from .errors import (
     CloseCode,
     DocumentBrokenError,
     PolicyViolationError,
     RoomClosedError,
     UnsupportedMessageError,
+    YSyncError,
 )
 from .protocol import (
     EMPTY_UPDATE,
@@ -44,7 +52,9 @@ from .protocol import (
     SyncStep2,
     SyncUpdate,
     UnknownMessage,
+    decode_awareness_update,
     encode,
+    encode_awareness_update,
     validate_update,
 )
 from .store import Store, StoreError
@@ -198,6 +208,8 @@ class Room:
     Args:
         name: the room's name (the URL path).
         store: where updates are written ahead of their broadcast.
+        bus: how the room reaches the other servers that hold it (default: a
+            :class:`~trio_ysync.bus.LocalBus`, for a server alone). It must use ``store``.
         backend: the document library (default: pycrdt when installed).
         broadcast_before_commit: broadcast updates as soon as they are applied and write them in
             the background (lower latency; a crash may lose updates that peers already saw).
@@ -221,6 +233,7 @@ class Room:
         name: str,
         store: Store,
         *,
+        bus: RoomBus | None = None,
         backend: Backend | None = None,
         broadcast_before_commit: bool = False,
         compact_after_updates: int = 500,
@@ -234,6 +247,15 @@ class Room:
         self.name = name
         self.events: RoomEvents = _NoEvents() if events is None else events
         self.store = store
+        self.bus = LocalBus(store) if bus is None else bus
+        if self.bus.store is not store:
+            raise ValueError("the room's bus must use the room's store")
+        # Where a commit goes, chosen once: the store, or a bus that writes it ahead for every
+        # server (and folds it into the store itself).
+        self._write = self._publish if self.bus.persists else self._append
+        self._channel: RoomChannel | None = None
+        # SyncStep1 answers held while the room catches up again (see lost_position).
+        self._held_answers: list[Callable[[], None]] | None = None
         self.backend = backend
         self.document: Document = new_document(backend)
         self.awareness = Awareness()
@@ -332,10 +354,14 @@ class Room:
                 await self._compact_on_unload()
         except BaseException as exc:
             if not must_propagate(exc):
-                self._fail(exc, "storage failure" if isinstance(exc, StoreError) else "room failed")
+                storage = isinstance(exc, StoreError | BusError)
+                self._fail(exc, "storage failure" if storage else "room failed")
             raise
         finally:
-            self._release()
+            try:
+                await self._detach()
+            finally:
+                self._release()
 
     def stop(self) -> None:
         """Unload now: stop accepting peers, flush the store and return from :meth:`run`."""
@@ -364,9 +390,13 @@ class Room:
         self.closed.set()
 
     def _fail(self, exc: BaseException, reason: str) -> None:
-        """Close every peer with 1011 and drop what is not committed: the next connection loads
-        the room afresh from the store. Peers still hold their uncommitted edits and send them
-        again when they reconnect."""
+        """Close every peer and drop what is not committed: the next connection loads the room
+        afresh from the store. Peers still hold their uncommitted edits and send them again
+        when they reconnect.
+
+        The close code is the error's own when it is no peer's fault (1013 for a Redis out of
+        reach: try again later), else 1011.
+        """
         if self._state in (RoomState.FAILED, RoomState.CLOSED):
             return
         self._enter(RoomState.FAILED)
@@ -374,9 +404,13 @@ class Room:
         self._uncommitted.clear()
         self._uncommitted_origins.clear()
         self._after_commit.clear()
+        self._held_answers = None
         self._committed_idle.set()
+        code: int = CloseCode.INTERNAL_ERROR
+        if isinstance(exc, YSyncError) and not exc.peer_fault:
+            code = exc.close_code
         for peer in tuple(self.peers):
-            peer.close(CloseCode.INTERNAL_ERROR, reason)
+            peer.close(code, reason)
 
     def _fail_on_bug(self, exc: BaseException, what: str) -> None:
         logger.error("room %r failed while %s", self.name, what, exc_info=exc)
@@ -415,22 +449,53 @@ class Room:
                 return
 
     async def _load(self) -> None:
-        stored = await self.store.load(self.name)
+        channel = self._channel = await self.bus.attach(self.name, self)
+        catchup = await channel.load()
+        # No checkpoint before the catch-up is applied: the bus delivers what follows it.
+        with self._observed_by(None):
+            self._apply_accepted(catchup.all_updates())
+        if not self.bus.persists:
+            # The log the room writes; a bus that persists folds and compacts the log itself.
+            self._log_entries = len(catchup.stored.updates)
+            self._log_bytes = catchup.stored.size_bytes
+
+    def _apply_accepted(self, updates: Iterable[bytes]) -> None:
+        """Apply updates that were accepted before (stored, or published by a server).
+
+        Raises:
+            DocumentError: the document library refused one.
+        """
+        for update in updates:
+            try:
+                validate_update(update)
+            except ProtocolError as exc:
+                # Written before updates were validated, or corrupted: leave it out rather
+                # than let the document library meet it.
+                logger.error("room %r: skipping an invalid stored update: %s", self.name, exc)
+                continue
+            self.document.apply_update(update, origin=self.bus)
+
+    @contextmanager
+    def _observed_by(self, callback: UpdateCallback | None) -> Iterator[None]:
+        """Inside the block, the document's updates go to ``callback`` (or nowhere) instead of
+        the commit path."""
         self._unobserve()
+        stop = self.document.observe(callback) if callback is not None else None
         try:
-            for update in stored.updates:
-                try:
-                    validate_update(update)
-                except ProtocolError as exc:
-                    # Written before updates were validated, or corrupted: leave it out rather
-                    # than let the document library meet it.
-                    logger.error("room %r: skipping an invalid stored update: %s", self.name, exc)
-                    continue
-                self.document.apply_update(update, origin=self.store)
+            yield
         finally:
+            if stop is not None:
+                stop()
             self._unobserve = self.document.observe(self._on_document_update)
-        self._log_entries = len(stored.updates)
-        self._log_bytes = stored.size_bytes
+
+    async def _detach(self) -> None:
+        """Leave the bus: first tell the other servers that this server's clients are gone."""
+        if self._channel is None:
+            return
+        with trio.CancelScope(shield=True):  # bounded by the bus
+            self._share_awareness(self.awareness.remove(self._local_clients(), trio.current_time()))
+            channel, self._channel = self._channel, None
+            await channel.detach()
 
     # -- peers ---------------------------------------------------------------------------
 
@@ -480,9 +545,11 @@ class Room:
         self._receivers.discard(peer)
         self._idle_changed.set()
         change = self.awareness.remove_controlled_by(peer, trio.current_time())
-        if change and self._state is RoomState.OPEN:
-            self._broadcast_awareness(change)
-            self._schedule_expiry()
+        if change:
+            if self._state is RoomState.OPEN:
+                self._broadcast_awareness(change)
+                self._schedule_expiry()
+            self._share_awareness(change)
 
     def handle(self, peer: Peer, message: Message) -> None:
         """Handle one decoded, validated message from ``peer``.
@@ -574,6 +641,9 @@ class Room:
             self._answer(peer, state_vector)
 
     def _answer(self, peer: Peer, state_vector: bytes) -> None:
+        if self._held_answers is not None:
+            self._held_answers.append(lambda: self._answer(peer, state_vector))
+            return
         peer._answer_requested = False
         if peer.closing or peer not in self.peers:
             return
@@ -623,6 +693,7 @@ class Room:
         if change:
             self._broadcast_awareness(change)
             self._schedule_expiry()
+            self._share_awareness(change)
 
     # -- document updates ----------------------------------------------------------------
 
@@ -691,6 +762,79 @@ class Room:
         peer.send(message)
         self.events.sent(message.kind, 1, len(message))
 
+    # -- other servers (the room is the bus's listener) ----------------------------------
+
+    def _share_awareness(self, change: AwarenessChange) -> None:
+        """Tell the other servers what this server's peers changed."""
+        if self.bus.shared and change and self._channel is not None:
+            entries = self.awareness.entries(change.client_ids)
+            self._channel.publish_awareness(encode_awareness_update(entries))
+
+    def _local_clients(self) -> set[int]:
+        return {client for peer in self.peers for client in self.awareness.controlled_by(peer)}
+
+    def remote_updates(self, updates: list[bytes]) -> None:
+        """Apply updates that other servers committed and broadcast what they change here (they
+        are committed already: never written again)."""
+        if self._state is not RoomState.OPEN:
+            return
+        with self._observed_by(self._on_remote_update):
+            for update in updates:
+                try:
+                    self._apply_accepted([update])
+                except DocumentBrokenError as exc:
+                    self._fail_on_bug(exc, "applying an update from another server")
+                    return
+                except DocumentError as exc:
+                    logger.error("room %r: an update from another server: %s", self.name, exc)
+
+    def _on_remote_update(self, update: bytes, origin: object) -> None:
+        self._cached_step1 = self._cached_step2 = None
+        self._broadcast(OutgoingMessage.of(SyncUpdate(update)))
+
+    def remote_awareness(self, payload: bytes) -> None:
+        """Apply awareness that another server's peers changed, as states that no peer of this
+        server controls, and broadcast the change to this server's peers."""
+        if self._state is not RoomState.OPEN:
+            return
+        try:
+            entries = decode_awareness_update(payload)
+        except ProtocolError as exc:
+            logger.error("room %r: invalid awareness from another server: %s", self.name, exc)
+            return
+        change = self.awareness.apply(entries, trio.current_time())
+        if change:
+            self._broadcast_awareness(change)
+            self._schedule_expiry()
+
+    def awareness_query(self) -> bytes | None:
+        """The awareness states of this server's own peers' clients, encoded for the bus."""
+        clients = self._local_clients()
+        if not clients:
+            return None
+        return encode_awareness_update(self.awareness.entries(clients))
+
+    def lost_position(self) -> None:
+        """The bus may have missed updates: load again and apply what the document lacks."""
+        if self._state is RoomState.OPEN and self._nursery is not None:
+            self._held_answers = []
+            self._nursery.start_soon(self._catch_up)
+
+    async def _catch_up(self) -> None:
+        assert self._channel is not None, "a loaded room is attached"
+        try:
+            catchup = await self._channel.load()
+        except (StoreError, BusError) as exc:
+            logger.error("room %r: catching up failed: %s", self.name, exc)
+            self._fail(exc, "storage failure")
+            return
+        # The room may have failed or unloaded meanwhile: then it has nobody to tell.
+        if self._state is RoomState.OPEN:
+            self.remote_updates(catchup.all_updates())
+        held, self._held_answers = self._held_answers or [], None
+        for answer in held:
+            answer()
+
     # -- store ---------------------------------------------------------------------------
 
     def _request_commit(self) -> None:
@@ -710,7 +854,7 @@ class Room:
                 actions, self._after_commit = self._after_commit, []
                 if updates:
                     started = trio.current_time()
-                    if not (self._document_sound() and await self._append(updates)):
+                    if not (self._document_sound() and await self._write(updates)):
                         return
                     self.events.committed(self, updates, origins, trio.current_time() - started)
                 try:
@@ -747,6 +891,16 @@ class Room:
         return grown >= self.compact_after_bytes or (
             self._log_entries >= self.compact_after_updates and grown >= self._snapshot_bytes
         )
+
+    async def _publish(self, updates: list[bytes]) -> bool:
+        assert self._channel is not None, "a loaded room is attached"
+        try:
+            await self._channel.publish(updates)  # retried by the bus
+        except BusError as exc:
+            logger.error("room %r: cannot publish: %s", self.name, exc)
+            self._fail(exc, "storage failure")
+            return False
+        return True
 
     async def _append(self, updates: list[bytes]) -> bool:
         delay = 0.05

@@ -30,6 +30,7 @@ import trio
 from .accept import accept_forever, plain_socket
 from .api import DocumentAPI
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
+from .bus import BusError, LocalBus, RoomBus
 from .connection import (
     Connection,
     HTTPRequest,
@@ -73,7 +74,11 @@ class RoomServer:
     """Serves Yjs rooms to y-websocket clients.
 
     Args:
-        store: where documents are kept (default: a :class:`~trio_ysync.store.MemoryStore`).
+        store: where documents are kept (default: the bus's store, else a
+            :class:`~trio_ysync.store.MemoryStore`).
+        bus: how rooms reach the other servers that hold them (default: a
+            :class:`~trio_ysync.bus.LocalBus`, for a server alone); see
+            :func:`~trio_ysync.bus.open_bus`.
         backend: the document library for rooms (default: pycrdt when installed).
         max_message_size: incoming messages larger than this close the connection (1009).
         max_buffered_bytes: outgoing bytes one connection may leave unread before it is closed
@@ -111,6 +116,7 @@ class RoomServer:
         self,
         store: Store | None = None,
         *,
+        bus: RoomBus | None = None,
         backend: Backend | None = None,
         max_message_size: int = 64 * 1024 * 1024,
         max_buffered_bytes: int = 64 * 1024 * 1024,
@@ -135,7 +141,12 @@ class RoomServer:
         presence_interval: float = 0.0,
         echo_updates: bool = False,
     ) -> None:
-        self.store: Store = MemoryStore() if store is None else store
+        if bus is not None and store is not None and bus.store is not store:
+            raise ValueError("the bus must use the server's store")
+        if store is None:
+            store = MemoryStore() if bus is None else bus.store
+        self.store: Store = store
+        self.bus: RoomBus = LocalBus(self.store) if bus is None else bus
         self.backend = backend
         self.max_message_size = max_message_size
         self.max_buffered_bytes = max_buffered_bytes
@@ -247,35 +258,46 @@ class RoomServer:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host``:``port`` until :meth:`shutdown`; started with the bound port."""
-        async with self._run_rooms():
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            bound_port = listeners[0].socket.getsockname()[1]
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as accepting:
-                    if ssl_context is None:
-                        serve_accepted = partial(self._serve_socket, nursery=connections)
-                        for listener in listeners:
-                            accepting.start_soon(
-                                accept_forever, plain_socket(listener), serve_accepted, connections
-                            )
-                    else:
-                        secure = [trio.SSLListener(one, ssl_context) for one in listeners]
-                        await accepting.start(
-                            partial(
-                                trio.serve_listeners,
-                                self.serve_stream,
-                                secure,
-                                handler_nursery=connections,
-                            )
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, ssl_context=ssl_context, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve connections from ``listeners`` (listening already: bound with options of
+        your own, say) until :meth:`shutdown`, then close them; started with the port of the
+        first."""
+        host, bound_port = listeners[0].socket.getsockname()[:2]
+        async with self._run_rooms(), trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                if ssl_context is None:
+                    serve_accepted = partial(self._serve_socket, nursery=connections)
+                    for listener in listeners:
+                        accepting.start_soon(
+                            accept_forever, plain_socket(listener), serve_accepted, connections
                         )
-                    logger.info("serving on %s:%d", host, bound_port)
-                    task_status.started(bound_port)
-                    await self._shutdown.wait()
-                    accepting.cancel_scope.cancel()
-                # Peers were told to close; bound the wait for those that do not answer.
-                connections.cancel_scope.deadline = (
-                    trio.current_time() + self.close_timeout + self.handshake_timeout
-                )
+                else:
+                    secure = [trio.SSLListener(one, ssl_context) for one in listeners]
+                    await accepting.start(
+                        partial(
+                            trio.serve_listeners,
+                            self.serve_stream,
+                            secure,
+                            handler_nursery=connections,
+                        )
+                    )
+                logger.info("serving on %s:%d", host, bound_port)
+                task_status.started(bound_port)
+                await self._shutdown.wait()
+                accepting.cancel_scope.cancel()
+            # Peers were told to close; bound the wait for those that do not answer.
+            connections.cancel_scope.deadline = (
+                trio.current_time() + self.close_timeout + self.handshake_timeout
+            )
 
     # -- connections ---------------------------------------------------------------------
 
@@ -548,6 +570,7 @@ class RoomServer:
                 room = Room(
                     name,
                     self.store,
+                    bus=self.bus,
                     backend=self.backend,
                     broadcast_before_commit=self.broadcast_before_commit,
                     compact_after_updates=self.compact_after_updates,
@@ -579,7 +602,7 @@ class RoomServer:
         logger.info("room %r: loading", room.name)
         try:
             await room.run(self.room_grace_period)
-        except StoreError as exc:
+        except (StoreError, BusError) as exc:
             logger.error("room %r: store failure: %s", room.name, exc)
         except BaseException as exc:
             if must_propagate(exc):

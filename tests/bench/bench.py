@@ -2,13 +2,16 @@
 
     python tests/bench/bench.py all [--quick]            every workload at its default size
     python tests/bench/bench.py fanout --rooms 4 --clients 25 --writers 2
+    python tests/bench/bench.py fanout --servers trio-sqlite,trio-cluster
     python tests/bench/bench.py connect --clients 1000 --servers trio-memory,ref
     python tests/bench/bench.py bigdoc --sizes-mb 1,10
     python tests/bench/bench.py rooms --rooms 500
     python tests/bench/bench.py presence --clients 50 --duration 10
 
 Each server is started fresh for each workload (pinned to one CPU, the load generator to the
-other), driven by the Node load generator in ``js/loadgen.mjs``, and stopped. Every run prints
+other), driven by the Node load generator in ``js/loadgen.mjs``, and stopped. ``trio-cluster``
+is two ``trio-ysync serve --redis`` processes and their redis-server, all on the server's CPU,
+with each room's clients spread over both (fan-out only). Every run prints
 one JSON line; every workload prints a table. ``all`` also writes ``bench-results.json``,
 ``bench-results.md`` and the plot. A peer that is not installed, fails to start or crashes is
 reported as such and the benchmark goes on.
@@ -27,7 +30,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +107,10 @@ WORKLOADS: dict[str, Workload] = {
                 "latency p50 at fixed rate",
                 "latency p99 at fixed rate",
                 "latency p99 at saturation",
+                "cross-server latency p50 at fixed rate",
+                "cross-server latency p99 at fixed rate",
+                "Redis commands per update at fixed rate",
+                "Redis commands per update at saturation",
             ],
         ),
         Workload(
@@ -148,27 +157,57 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def run_loadgen(
-    config: dict[str, Any], timeout: float, log_path: Path, pin: bool
+    config: dict[str, Any],
+    timeout: float,
+    log_path: Path,
+    pin: bool,
+    checkpoint: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the load generator; with ``checkpoint``, it is called at each checkpoint the load
+    generator reaches (which waits meanwhile)."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed")
+    config = {**config, "checkpoints": checkpoint is not None}
     with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [node, str(LOADGEN), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=JS_DIR,
+            preexec_fn=pin_to(GENERATOR_CPU) if pin else None,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        lines = []
         try:
-            completed = subprocess.run(
-                [node, str(LOADGEN), json.dumps(config)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                cwd=JS_DIR,
-                timeout=timeout,
-                preexec_fn=pin_to(GENERATOR_CPU) if pin else None,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"load generator killed after {timeout:.0f}s"}
-    lines = completed.stdout.decode(errors="replace").strip().splitlines()
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                reached = (
+                    json.loads(line).get("checkpoint") if line.startswith('{"checkpoint"') else None
+                )
+                if reached is None:
+                    lines.append(line)
+                    continue
+                if checkpoint is not None:
+                    checkpoint(reached)
+                try:
+                    proc.stdin.write(b"go\n")
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # it ended meanwhile (time limit)
+            code = proc.wait()
+        finally:
+            killer.cancel()
+            proc.stdin.close()
+            proc.stdout.close()
+    if code == -signal.SIGKILL:
+        return {"error": f"load generator killed after {timeout:.0f}s"}
+    lines = [line for line in lines if line]
     if not lines:
-        return {"error": f"load generator printed nothing (exit code {completed.returncode})"}
+        return {"error": f"load generator printed nothing (exit code {code})"}
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except json.JSONDecodeError:
@@ -244,11 +283,22 @@ def run_one(
         profile_dir.mkdir(parents=True, exist_ok=True)
         profiler = Profiler(running.pid, profile_dir / f"{server}-{workload.name}.txt")
     try:
+        redis_calls: dict[str, dict[str, int]] = {}
+        checkpoint = None
+        if running.redis is not None:
+            redis = running.redis
+
+            def checkpoint(name: str) -> None:
+                # The commands of each phase: from the previous checkpoint to this one.
+                redis_calls[name] = redis.command_calls(reset=True)
+
         config = {
             "workload": workload.name,
-            "url": f"ws://127.0.0.1:{running.port}",
+            "url": running.urls[0],
+            "urls": running.urls,
             "dialect": spec.dialect,
             "pid": running.pid,
+            "pids": running.pids,
             "clk_tck": os.sysconf("SC_CLK_TCK"),
             "time_limit": workload.time_limit(params),
             "cache_dir": str(workdir / "cache"),
@@ -259,15 +309,18 @@ def run_one(
             workload.time_limit(params) + 30,
             workdir / f"loadgen-{workload.name}-{server}.log",
             pin,
+            checkpoint,
         )
         if profiler is not None:
             record["profile_error"] = profiler.stop()
             record["profile"] = str(profiler.output)
         record["server_peak_rss_kib"] = running.peak_rss_kib()
+        if redis_calls and "error" not in result:
+            add_redis_commands(result, redis_calls)
         if not running.alive:
             record.update(
                 status="failed",
-                error=f"server crashed (exit code {running.proc.returncode}): {running.log_tail()}",
+                error=f"server crashed (exit code {running.returncode}): {running.log_tail()}",
             )
         elif "error" in result:
             record.update(status="failed", error=f"{result['error']}; server log: "
@@ -276,6 +329,23 @@ def run_one(
     finally:
         running.stop()
     return record
+
+
+def add_redis_commands(result: dict[str, Any], calls: dict[str, dict[str, int]]) -> None:
+    """Redis commands per acknowledged update in each fan-out phase: every command the cluster
+    sent during the phase (reads, folds and the phase's warm-up included) over the updates
+    its writers sent in it."""
+    for checkpoint, phase in (("rate", "latency"), ("window", "throughput")):
+        counted = {
+            name: count
+            for name, count in calls.get(checkpoint, {}).items()
+            if name not in ("info", "config|resetstat")
+        }
+        part = result.get(phase)
+        if not counted or not isinstance(part, dict) or not part.get("updates_sent"):
+            continue
+        part["redis_calls"] = dict(sorted(counted.items(), key=lambda item: -item[1]))
+        part["redis_commands_per_update"] = round(sum(counted.values()) / part["updates_sent"], 3)
 
 
 def print_table(workload: Workload, records: list[dict[str, Any]]) -> None:
@@ -313,7 +383,7 @@ def run_workload(
     # Rounds go over every server in turn, so a noisy spell on a shared machine spreads out.
     for round_ in range(1, repeat + 1):
         for server in servers:
-            if server in skip:
+            if server in skip or not SERVERS[server].runs(workload.name):
                 continue
             started = time.monotonic()
             print(

@@ -8,6 +8,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,14 @@ class ServerSpec:
     dialect: str
     #: The command line, given a scratch directory; raises :class:`ServerUnavailable`.
     command: Callable[[Path], list[str]]
+    #: Above 0: a cluster of this many processes of ``command`` (with ``{redis}`` replaced by
+    #: the URL of a redis-server started with them); clients are spread over them.
+    cluster: int = 0
+    #: The workloads it takes part in (``None``: all).
+    workloads: frozenset[str] | None = None
+
+    def runs(self, workload: str) -> bool:
+        return self.workloads is None or workload in self.workloads
 
 
 def _trio_ysync(store: str, *options: str, src: Path | None = None) -> Callable[[Path], list[str]]:
@@ -118,6 +127,14 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("trio-memory", "trio-ysync (memory)", "y-websocket", _trio_ysync("memory")),
         ServerSpec("trio-sqlite", "trio-ysync (SQLite)", "y-websocket", _trio_ysync("sqlite")),
         ServerSpec(
+            "trio-cluster",
+            "trio-ysync (2 servers + Redis, SQLite)",
+            "y-websocket",
+            _trio_ysync("sqlite", "--redis", "{redis}"),
+            cluster=2,
+            workloads=frozenset({"fanout"}),
+        ),
+        ServerSpec(
             "trio-metrics",
             "trio-ysync (memory, --metrics)",
             "y-websocket",
@@ -152,6 +169,7 @@ SERVERS: dict[str, ServerSpec] = {
 DEFAULT_SERVERS = [
     "trio-memory",
     "trio-sqlite",
+    "trio-cluster",
     "pycrdt-trio",
     "pycrdt-asyncio",
     "ref",
@@ -188,29 +206,54 @@ def pin_to(cpu: int | None) -> Callable[[], None] | None:
 
 
 class RunningServer:
-    """A started server process: its port and PID, and how to stop it."""
+    """A started server (one process, or a cluster of processes and their redis-server): its
+    ports and PIDs, and how to stop it."""
 
     def __init__(self, spec: ServerSpec, workdir: Path, cpu: int | None) -> None:
         self.spec = spec
         self.log_path = workdir / f"{spec.name}.log"
-        command = spec.command(workdir)
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=ROOT,
-            preexec_fn=pin_to(cpu),
-        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis: RedisProcess | None = None
+        self.ports: list[int] = []
+        try:
+            command = spec.command(workdir)
+            if spec.cluster:
+                self.redis = RedisProcess(workdir / "redis", cpu)
+                command = [part.replace("{redis}", self.redis.url) for part in command]
+            for _ in range(max(1, spec.cluster)):
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=self._log,
+                    cwd=ROOT,
+                    preexec_fn=pin_to(cpu),
+                )
+                self.procs.append(proc)
+                self.ports.append(self._wait_for_port(proc, timeout=30.0))
+        except BaseException:
+            self.stop()
+            raise
+        self.proc = self.procs[0]
         self.pid = self.proc.pid
-        self.port = self._wait_for_port(timeout=30.0)
+        self.port = self.ports[0]
 
-    def _wait_for_port(self, timeout: float) -> int:
-        assert self.proc.stdout is not None
+    @property
+    def urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process of the server (its redis-server too): their CPU time is its cost."""
+        redis = [self.redis.proc.pid] if self.redis is not None else []
+        return [proc.pid for proc in self.procs] + redis
+
+    def _wait_for_port(self, proc: subprocess.Popen[bytes], timeout: float) -> int:
+        assert proc.stdout is not None
         deadline = time.monotonic() + timeout
         seen = b""
-        fd = self.proc.stdout.fileno()
+        fd = proc.stdout.fileno()
         while time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
@@ -222,27 +265,38 @@ class RunningServer:
                     match = pattern.search(seen.decode(errors="replace"))
                     if match:
                         return int(match.group(1))
-            elif self.proc.poll() is not None:
+            elif proc.poll() is not None:
                 break
-        self.stop()
         raise ServerFailed(
-            f"did not start (exit code {self.proc.returncode}): {self.log_tail()}"
-            if self.proc.returncode is not None
+            f"did not start (exit code {proc.returncode}): {self.log_tail()}"
+            if proc.poll() is not None
             else f"printed no port within {timeout:.0f}s: {self.log_tail()}"
         )
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return all(proc.poll() is None for proc in self.procs) and (
+            self.redis is None or self.redis.proc.poll() is None
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        codes = [proc.poll() for proc in self.procs]
+        return next((code for code in codes if code is not None), None)
 
     def peak_rss_kib(self) -> int | None:
-        """VmHWM: the most memory the process has held."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(r"VmHWM:\s+(\d+)\s+kB", status)
-        return int(match.group(1)) if match else None
+        """VmHWM: the most memory the processes have held (summed)."""
+        total = 0
+        for pid in self.pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return None
+            match = re.search(r"VmHWM:\s+(\d+)\s+kB", status)
+            if match is None:
+                return None
+            total += int(match.group(1))
+        return total
 
     def log_tail(self, lines: int = 6) -> str:
         try:
@@ -252,14 +306,88 @@ class RunningServer:
         return " | ".join(text[-lines:])[-600:]
 
     def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+        if self.redis is not None:
+            self.redis.stop()
+        self._log.close()
+
+
+class RedisProcess:
+    """A redis-server for a cluster under test: AOF on, fsync once a second (Redis's default
+    with AOF, and the setting that matches SQLite without --fsync)."""
+
+    def __init__(self, directory: Path, cpu: int | None) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.access(binary, os.X_OK):
+            raise ServerUnavailable("redis-server is not installed (apt-get install redis-server)")
+        try:
+            import coredis  # noqa: F401  (INFO commandstats is read with it)
+        except ImportError as exc:
+            raise ServerUnavailable("coredis is not installed") from exc
+        shutil.rmtree(directory, ignore_errors=True)  # no stream of an earlier run
+        directory.mkdir(parents=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        log = directory / "redis.log"
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "dir": str(directory),
+            "logfile": str(log),
+            "save": "",
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "daemonize": "no",
+        }
+        self.proc = subprocess.Popen(
+            [binary, *(part for name, value in options.items() for part in (f"--{name}", value))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=pin_to(cpu),
+        )
+        deadline = time.monotonic() + 15
+        while b"Ready to accept connections" not in (log.read_bytes() if log.exists() else b""):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServerFailed(f"redis-server did not start: {log.read_text()[-400:]}")
+            time.sleep(0.05)
+
+    def command_calls(self, *, reset: bool = False) -> dict[str, int]:
+        """Calls per command since the last reset (``INFO commandstats``); then reset."""
+        import coredis
+        import trio
+
+        async def ask() -> dict[str, int]:
+            async with coredis.Redis.from_url(self.url) as client:
+                info = await client.info("commandstats")
+                if reset:
+                    await client.config_resetstat()
+            calls = {}
+            for key, value in info.items():
+                if key.startswith("cmdstat_") and isinstance(value, dict):
+                    calls[key.removeprefix("cmdstat_")] = int(value["calls"])
+            return calls
+
+        return trio.run(ask)
+
+    def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        self._log.close()
+                self.proc.wait()

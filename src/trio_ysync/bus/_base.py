@@ -10,6 +10,7 @@ from typing import ClassVar, Protocol
 
 import trio
 
+from ..errors import CloseCode, YSyncError
 from ..store.base import Store, StoredRoom, check_room
 
 __all__ = [
@@ -27,14 +28,12 @@ __all__ = [
 ]
 
 
-class BusError(Exception):
+class BusError(YSyncError):
     """A room bus operation failed.
 
-    Attributes:
-        close_code: The WebSocket close code for the peers of a room that this error stops.
+    Like every :class:`~trio_ysync.errors.YSyncError`, it carries the WebSocket close code
+    (``close_code``) for the peers of a room that it stops.
     """
-
-    close_code: ClassVar[int] = 1011
 
 
 class BusUnavailableError(BusError):
@@ -44,7 +43,8 @@ class BusUnavailableError(BusError):
     ("try again later"); clients reconnect and the room is loaded again once Redis is back.
     """
 
-    close_code: ClassVar[int] = 1013
+    close_code = CloseCode.TRY_AGAIN_LATER
+    http_status = 503
 
 
 class BusConfigError(BusError):
@@ -231,10 +231,14 @@ class RoomBus(abc.ABC):
         server_id: This server's identity on the bus (random, new for every start).
     """
 
-    #: Whether the bus writes published updates to the store itself. When true, a room must
-    #: neither append to nor compact the store: the bus folds what every server published into
-    #: it (a room's document may lack updates that other servers folded already, so a
-    #: compaction from it could drop them).
+    #: Whether other servers hold the same rooms. When false (a server alone), a room skips
+    #: the work of telling them anything: it neither encodes nor publishes awareness.
+    shared: ClassVar[bool]
+    #: Whether the bus writes published updates to the store itself. When true, a room commits
+    #: by :meth:`RoomChannel.publish` and must neither append to nor compact the store: the bus
+    #: folds what every server published into it (a room's document may lack updates that
+    #: other servers folded already, so a compaction from it could drop them). When false, a
+    #: room appends to the store itself and never publishes.
     persists: ClassVar[bool]
 
     def __init__(self, store: Store, server_id: str) -> None:
@@ -269,9 +273,9 @@ class _LocalChannel(RoomChannel):
         pass
 
     async def detach(self) -> None:
-        await trio.lowlevel.checkpoint()
         if self._bus._channels.get(self.room) is self:
             del self._bus._channels[self.room]
+        await trio.lowlevel.checkpoint()
 
 
 class LocalBus(RoomBus):
@@ -281,6 +285,7 @@ class LocalBus(RoomBus):
     room writes to the store itself), and no callback is ever called.
     """
 
+    shared = False
     persists = False
 
     def __init__(self, store: Store) -> None:

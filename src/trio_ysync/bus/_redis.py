@@ -329,6 +329,7 @@ class RedisBus(RoomBus):
     the pub/sub subscriber) and five tasks, whatever the number of rooms.
     """
 
+    shared = True
     persists = True
 
     def __init__(
@@ -432,12 +433,7 @@ class RedisBus(RoomBus):
 
     async def _join(self) -> None:
         """Record (or check) the cluster's store and epoch."""
-        identity = self.store.shared_identity()
-        if identity is None:
-            raise BusConfigError(
-                f"{self.store!r} cannot be shared between servers; a cluster needs one store "
-                "for all: a SQLite file (servers on one host) or a Redis store"
-            )
+        identity = _shared_identity(self.store)
         recorded = await self._record(self.prefix + "cluster:store", identity.encode())
         if recorded != identity.encode():
             key = self.prefix + "cluster:store"
@@ -730,12 +726,23 @@ class RedisBus(RoomBus):
                 pass
 
 
+def _shared_identity(store: Store) -> str:
+    identity = store.shared_identity()
+    if identity is None:
+        raise BusConfigError(
+            f"{store!r} cannot be shared between servers; a cluster needs one store for all: "
+            "a SQLite file (servers on one host) or a Redis store"
+        )
+    return identity
+
+
 @asynccontextmanager
 async def open_redis_bus(
     url: str, store: Store, *, prefix: str, tuning: BusTuning
 ) -> AsyncIterator[RedisBus]:
     """The Redis bus of this server; see :func:`trio_ysync.bus.open_bus`."""
     check_prefix(prefix)
+    _shared_identity(store)  # before any connection: closing an unused client takes a second
     server_id = secrets.token_hex(_SERVER_ID_BYTES)
     command = new_client(url, name=f"{prefix}{server_id}")
     reader = new_client(url, name=f"{prefix}{server_id}:reader")

@@ -4,7 +4,11 @@
 //
 // The config names the workload ("fanout", "connect", "bigdoc", "rooms", "presence"), the
 // server's base URL (ws://127.0.0.1:PORT), the wire dialect ("y-websocket" or "hocuspocus"),
-// the server's PID (its RSS and CPU time are read from /proc) and the workload's sizes. Progress
+// the server's PID (its RSS and CPU time are read from /proc) and the workload's sizes. For a
+// cluster, "urls" lists the base URL of each server (a room's clients take them in turn, so a
+// writer's update reaches receivers on every server) and "pids" every process of it. With
+// "checkpoints", the fan-out stops after connecting and after each phase: it prints
+// {"checkpoint": NAME} and waits for a line on stdin (the bench reads Redis's counters). Progress
 // goes to stderr; the last line on stdout is one JSON object with the figures. Every workload is
 // bounded in count and in time: a hard deadline ("time_limit", seconds) ends the process.
 //
@@ -14,6 +18,7 @@
 // "<writer.seq>" in its text, so latency is measured per delivery without decoding updates.
 import { readFileSync, writeFileSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { performance } from 'node:perf_hooks'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
@@ -36,6 +41,15 @@ const deadline = setTimeout(() => {
 
 const allClients = new Set()
 
+const stdinLines = cfg.checkpoints ? createInterface({ input: process.stdin })[Symbol.asyncIterator]() : null
+
+/** With cfg.checkpoints: tell the bench where the run is and wait until it says go on. */
+async function checkpoint (name) {
+  if (!stdinLines) return
+  process.stdout.write(JSON.stringify({ checkpoint: name }) + '\n')
+  await stdinLines.next()
+}
+
 function finish (result, code = 0) {
   clearTimeout(deadline)
   for (const client of allClients) client.close()
@@ -44,14 +58,22 @@ function finish (result, code = 0) {
 
 // -- server process figures ----------------------------------------------------------------
 
+const URLS = cfg.urls ?? [cfg.url]
+const PIDS = cfg.pids ?? (cfg.pid ? [cfg.pid] : [])
+
+/** RSS and CPU time of the server, summed over its processes. */
 function serverStats () {
-  if (!cfg.pid) return { rss_kib: null, cpu_s: null }
+  if (!PIDS.length) return { rss_kib: null, cpu_s: null }
   try {
-    const status = readFileSync(`/proc/${cfg.pid}/status`, 'utf8')
-    const rss = Number(/VmRSS:\s+(\d+)\s+kB/.exec(status)?.[1] ?? NaN)
-    const stat = readFileSync(`/proc/${cfg.pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    const ticks = Number(fields[11]) + Number(fields[12]) // utime + stime
+    let rss = 0
+    let ticks = 0
+    for (const pid of PIDS) {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+      rss += Number(/VmRSS:\s+(\d+)\s+kB/.exec(status)?.[1] ?? NaN)
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      ticks += Number(fields[11]) + Number(fields[12]) // utime + stime
+    }
     return { rss_kib: rss, cpu_s: ticks / CLK_TCK }
   } catch (err) {
     return { rss_kib: null, cpu_s: null, error: String(err) }
@@ -159,8 +181,9 @@ class Client {
    * @param {string} room
    * @param {{doc?: Y.Doc, onUpdate?: Function, onAwareness?: Function}} options
    */
-  constructor (room, { doc = null, onUpdate = null, onAwareness = null, applyRemote = true } = {}) {
+  constructor (room, { doc = null, onUpdate = null, onAwareness = null, applyRemote = true, server = 0 } = {}) {
     this.room = room
+    this.server = server % URLS.length // which of the cluster's servers it connects to
     this.doc = doc
     this.applyRemote = applyRemote
     this.onUpdate = onUpdate
@@ -196,7 +219,8 @@ class Client {
   }
 
   open (timeoutMs) {
-    const url = HOCUSPOCUS ? `${cfg.url}/` : `${cfg.url}/${encodeURIComponent(this.room)}`
+    const base = URLS[this.server]
+    const url = HOCUSPOCUS ? `${base}/` : `${base}/${encodeURIComponent(this.room)}`
     allClients.add(this)
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`sync timeout in ${this.room}`)), timeoutMs)
@@ -327,6 +351,8 @@ async function fanout () {
   let deliveriesInWindow = 0
   let duplicates = 0
   let latencies = []
+  // In a cluster, the deliveries to a client of another server than the writer's.
+  let crossLatencies = []
 
   const onUpdate = (client, payload) => {
     const t = now()
@@ -338,7 +364,10 @@ async function fanout () {
       if (count > receiversPerUpdate) { duplicates++; return }
       if (t >= windowStart && t < windowEnd) deliveriesInWindow++
       const sent = writer.sentAt[seq]
-      if (sent >= windowStart && sent < windowEnd) latencies.push(t - sent)
+      if (sent >= windowStart && sent < windowEnd) {
+        latencies.push(t - sent)
+        if (client.server !== writer.client.server) crossLatencies.push(t - sent)
+      }
       if (count === receiversPerUpdate) {
         writer.inflight--
         if (writer.pump) writer.pump()
@@ -355,7 +384,7 @@ async function fanout () {
       const doc = isWriter || isObserver ? new Y.Doc() : null
       // Writers type into their own copy without applying the others' inserts (that work would
       // load the generator, not the server); the observer applies everything.
-      const client = new Client(name, { doc, onUpdate, applyRemote: !isWriter })
+      const client = new Client(name, { doc, onUpdate, applyRemote: !isWriter, server: c })
       if (isWriter) {
         client.writerId = writers.length
         writers.push({
@@ -403,6 +432,7 @@ async function fanout () {
     windowEnd = windowStart + durationMs
     deliveriesInWindow = 0
     latencies = []
+    crossLatencies = []
     const sentBefore = writers.reduce((n, w) => n + w.sentAt.length, 0)
     if (kind === 'rate') {
       const period = 1000 / (cfg.rate ?? 10)
@@ -439,6 +469,7 @@ async function fanout () {
       await sleep(50)
     }
     latencies.sort((a, b) => a - b)
+    crossLatencies.sort((a, b) => a - b)
     const sent = writers.reduce((n, w) => n + w.sentAt.length, 0) - sentBefore
     const result = {
       deliveries_per_s: round(deliveriesInWindow / (durationMs / 1000), 1),
@@ -455,14 +486,22 @@ async function fanout () {
       undelivered: writers.reduce((n, w) => n + Math.max(0, w.inflight), 0),
       drain_s: round((now() - drainStart) / 1000)
     }
+    if (URLS.length > 1) {
+      result.cross_server_samples = crossLatencies.length
+      result.cross_server_p50_ms = round(percentile(crossLatencies, 50))
+      result.cross_server_p99_ms = round(percentile(crossLatencies, 99))
+    }
     log(`fanout ${kind}: ${JSON.stringify(result)}`)
     return result
   }
 
+  await checkpoint('connected')
   const latency = await phase('rate')
   latency.rate_per_writer = cfg.rate ?? 10
+  await checkpoint('rate')
   const throughput = await phase('window')
   throughput.window_per_writer = cfg.window ?? 4
+  await checkpoint('window')
 
   // Convergence: every update reached every receiver exactly once; the observer's copy of each
   // room is the same text as a fresh client's, and holds every insert every writer sent.
@@ -494,6 +533,7 @@ async function fanout () {
     rooms: R,
     clients: C,
     writers: S,
+    servers: URLS.length,
     latency,
     throughput,
     converged,

@@ -72,7 +72,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the Sphinx docs, warnings as errors."""
-    session.install("-e", ".", "sphinx>=7", "sphinx-argparse>=0.5")
+    session.install("-e", ".[redis]", "sphinx>=7", "sphinx-argparse>=0.5")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 

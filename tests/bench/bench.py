@@ -3,7 +3,7 @@
     python tests/bench/bench.py all [--quick]            every workload at its default size
     python tests/bench/bench.py fanout --rooms 4 --clients 25 --writers 2
     python tests/bench/bench.py fanout --servers trio-sqlite,trio-cluster
-    python tests/bench/bench.py connect --clients 1000 --servers trio-memory,ref
+    python tests/bench/bench.py storm --clients 1000 --servers trio-memory,ref
     python tests/bench/bench.py bigdoc --sizes-mb 1,10
     python tests/bench/bench.py rooms --rooms 500
     python tests/bench/bench.py presence --clients 50 --duration 10
@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class Workload:
     params: list[Param]
     #: Table columns printed after the workload: (header, metric label in report.METRICS).
     columns: list[str]
+    #: The load generator's workload (default: the same name) and settings of its own.
+    loadgen: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     def time_limit(self, params: dict[str, Any]) -> float:
         if self.name == "fanout":
@@ -79,6 +82,8 @@ class Workload:
             return 90 + 2 * phase + params["rate_duration"] + params["window_duration"]
         if self.name == "presence":
             return 90 + params["duration"]
+        if self.name == "restart":
+            return 180 + params["resync_timeout_s"]
         if self.name == "bigdoc":
             return 120 + 30 * sum(params["sizes_mb"])
         return 180
@@ -114,14 +119,44 @@ WORKLOADS: dict[str, Workload] = {
             ],
         ),
         Workload(
-            "connect",
-            "N clients connecting and completing sync: time until all synced, server RSS",
+            "storm",
+            "N clients, each in a room of its own, connecting and completing sync at once (a "
+            "reconnect storm): time until all synced, server RSS per client",
             [
-                Param("clients", 1000, 200, "clients"),
-                Param("rooms", 10, 5, "rooms the clients are spread over"),
+                Param("clients", 5000, 500, "clients"),
                 Param("concurrency", 50, 50, "connections opened at once"),
             ],
-            ["time until all synced", "RSS per idle connection"],
+            ["storm: time until all synced", "storm: RSS per client"],
+            loadgen="connect",
+            fixed={"rooms": 0, "warm_rooms": False},
+        ),
+        Workload(
+            "crowd",
+            "N clients connecting into R rooms that exist: time until all synced, server RSS "
+            "per idle connection",
+            [
+                Param("clients", 2000, 400, "clients"),
+                Param("rooms", 20, 4, "rooms the clients are spread over"),
+                Param("concurrency", 50, 50, "connections opened at once"),
+            ],
+            ["crowd: time until all synced", "RSS per idle connection"],
+            loadgen="connect",
+        ),
+        Workload(
+            "restart",
+            "N clients, each editing a room of its own, stay connected while the server is "
+            "stopped (SIGTERM) and started again on its port; they reconnect with y-websocket's "
+            "back-off: time until all are synced again",
+            [
+                Param("clients", 2000, 300, "clients"),
+                Param("concurrency", 50, 50, "connections opened at once before the restart"),
+                Param("resync_timeout_s", 60, 30, "seconds at most for every client to resync"),
+            ],
+            [
+                "restart: first to last client synced again",
+                "restart: outage (stop to last client synced)",
+                "restart: rooms restored",
+            ],
         ),
         Workload(
             "bigdoc",
@@ -141,13 +176,14 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "presence",
-            "C clients in a room each sending awareness at 1 Hz: server CPU",
+            "C clients in one room, each sending its awareness (a moving cursor) H times a "
+            "second: server CPU and delivery latency",
             [
                 Param("clients", 50, 20, "clients"),
                 Param("duration", 10, 4, "seconds measured"),
-                Param("hz", 1, 1, "awareness updates per second per client"),
+                Param("hz", 5, 2, "awareness updates per second per client"),
             ],
-            ["server CPU"],
+            ["presence: server CPU", "presence: latency p50", "presence: latency p99"],
         ),
     )
 }
@@ -161,10 +197,10 @@ def run_loadgen(
     timeout: float,
     log_path: Path,
     pin: bool,
-    checkpoint: Callable[[str], None] | None = None,
+    checkpoint: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """Run the load generator; with ``checkpoint``, it is called at each checkpoint the load
-    generator reaches (which waits meanwhile)."""
+    generator reaches (which waits meanwhile), and what it returns is sent on as news."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed")
@@ -191,10 +227,9 @@ def run_loadgen(
                 if reached is None:
                     lines.append(line)
                     continue
-                if checkpoint is not None:
-                    checkpoint(reached)
+                news = checkpoint(reached) if checkpoint is not None else None
                 try:
-                    proc.stdin.write(b"go\n")
+                    proc.stdin.write(json.dumps(news).encode() + b"\n" if news else b"go\n")
                     proc.stdin.flush()
                 except BrokenPipeError:
                     pass  # it ended meanwhile (time limit)
@@ -284,16 +319,28 @@ def run_one(
         profiler = Profiler(running.pid, profile_dir / f"{server}-{workload.name}.txt")
     try:
         redis_calls: dict[str, dict[str, int]] = {}
-        checkpoint = None
+        checkpoint: Callable[[str], dict[str, Any] | None] | None = None
         if running.redis is not None:
             redis = running.redis
 
-            def checkpoint(name: str) -> None:
+            def checkpoint(name: str) -> dict[str, Any] | None:
                 # The commands of each phase: from the previous checkpoint to this one.
                 redis_calls[name] = redis.command_calls(reset=True)
+                return None
+
+        elif workload.name == "restart":
+
+            def checkpoint(name: str) -> dict[str, Any] | None:
+                try:
+                    running.restart()
+                except (ServerFailed, OSError) as exc:
+                    record.update(status="failed", error=f"did not restart: {exc}")
+                    return None  # the clients wait out their time limit
+                return {"pids": running.pids}
 
         config = {
-            "workload": workload.name,
+            **workload.fixed,
+            "workload": workload.loadgen or workload.name,
             "url": running.urls[0],
             "urls": running.urls,
             "dialect": spec.dialect,

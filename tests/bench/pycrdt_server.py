@@ -24,10 +24,10 @@ from pycrdt.websocket import ASGIServer, WebsocketServer
 BACKLOG = 1024
 
 
-def listening_socket() -> socket.socket:
+def listening_socket(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
@@ -92,9 +92,10 @@ def run_asyncio(sock: socket.socket) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=["trio", "asyncio"], default="trio")
+    parser.add_argument("--port", type=int, default=0, help="0: an ephemeral port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sock = listening_socket()
+    sock = listening_socket(args.port)
     if args.worker == "trio":
         run_trio(sock)
     else:

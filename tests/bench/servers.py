@@ -44,7 +44,8 @@ class ServerSpec:
     label: str
     #: Wire dialect the load generator speaks to it: ``y-websocket`` or ``hocuspocus``.
     dialect: str
-    #: The command line, given a scratch directory; raises :class:`ServerUnavailable`.
+    #: The command line, given a scratch directory, with ``{port}`` where the port goes (0 at
+    #: first, the same port again on a restart); raises :class:`ServerUnavailable`.
     command: Callable[[Path], list[str]]
     #: Above 0: a cluster of this many processes of ``command`` (with ``{redis}`` replaced by
     #: the URL of a redis-server started with them); clients are spread over them.
@@ -86,7 +87,7 @@ def _trio_ysync(store: str, *options: str, src: Path | None = None) -> Callable[
             "--host",
             "127.0.0.1",
             "--port",
-            "0",
+            "{port}",
             "--store",
             spec,
             *options,
@@ -104,7 +105,8 @@ def _pycrdt(worker: str) -> Callable[[Path], list[str]]:
                 found = False
             if not found:
                 raise ServerUnavailable(f"{module} is not installed")
-        return [sys.executable, str(HERE / "pycrdt_server.py"), "--worker", worker]
+        script = str(HERE / "pycrdt_server.py")
+        return [sys.executable, script, "--worker", worker, "--port", "{port}"]
 
     return command
 
@@ -116,7 +118,7 @@ def _node(script: str, package: str) -> Callable[[Path], list[str]]:
             raise ServerUnavailable("node is not installed")
         if not (JS_DIR / "node_modules" / package / "package.json").exists():
             raise ServerUnavailable(f"npm package {package} is not installed")
-        return [node, str(JS_DIR / script)]
+        return [node, str(JS_DIR / script), "{port}"]
 
     return command
 
@@ -139,6 +141,20 @@ SERVERS: dict[str, ServerSpec] = {
             "trio-ysync (memory, --metrics)",
             "y-websocket",
             _trio_ysync("memory", "--metrics"),
+        ),
+        ServerSpec(
+            "trio-presence",
+            "trio-ysync (memory, --presence-interval 0.02)",
+            "y-websocket",
+            _trio_ysync("memory", "--presence-interval", "0.02"),
+            workloads=frozenset({"presence"}),
+        ),
+        ServerSpec(
+            "trio-echo",
+            "trio-ysync (memory, --echo-updates)",
+            "y-websocket",
+            _trio_ysync("memory", "--echo-updates"),
+            workloads=frozenset({"fanout"}),
         ),
         ServerSpec(
             "trio-sqlite-early",
@@ -214,30 +230,54 @@ class RunningServer:
         self.log_path = workdir / f"{spec.name}.log"
         self._log = self.log_path.open("ab")
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cpu = cpu
         self.redis: RedisProcess | None = None
         self.ports: list[int] = []
         try:
-            command = spec.command(workdir)
+            self.command = spec.command(workdir)
             if spec.cluster:
                 self.redis = RedisProcess(workdir / "redis", cpu)
-                command = [part.replace("{redis}", self.redis.url) for part in command]
+                self.command = [part.replace("{redis}", self.redis.url) for part in self.command]
             for _ in range(max(1, spec.cluster)):
-                proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=self._log,
-                    cwd=ROOT,
-                    preexec_fn=pin_to(cpu),
-                )
-                self.procs.append(proc)
-                self.ports.append(self._wait_for_port(proc, timeout=30.0))
+                self._start(0)
         except BaseException:
             self.stop()
             raise
-        self.proc = self.procs[0]
-        self.pid = self.proc.pid
-        self.port = self.ports[0]
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.procs[0]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def _start(self, port: int) -> None:
+        proc = subprocess.Popen(
+            [part.replace("{port}", str(port)) for part in self.command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=ROOT,
+            preexec_fn=pin_to(self.cpu),
+        )
+        self.procs.append(proc)
+        self.ports.append(self._wait_for_port(proc, timeout=30.0))
+
+    def restart(self) -> None:
+        """Stop the server as an operator would (SIGTERM) and start it again on the same port,
+        with what it stored (a single process only)."""
+        if len(self.procs) != 1:
+            raise ServerFailed("a cluster is not restarted")
+        port = self.port
+        self._stop_processes()
+        self.procs.clear()
+        self.ports.clear()
+        self._start(port)
 
     @property
     def urls(self) -> list[str]:
@@ -306,6 +346,12 @@ class RunningServer:
         return " | ".join(text[-lines:])[-600:]
 
     def stop(self) -> None:
+        self._stop_processes()
+        if self.redis is not None:
+            self.redis.stop()
+        self._log.close()
+
+    def _stop_processes(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -318,9 +364,6 @@ class RunningServer:
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     stream.close()
-        if self.redis is not None:
-            self.redis.stop()
-        self._log.close()
 
 
 class RedisProcess:

@@ -2,13 +2,15 @@
 //
 //   node loadgen.mjs '<json config>'
 //
-// The config names the workload ("fanout", "connect", "bigdoc", "rooms", "presence"), the
+// The config names the workload ("fanout", "connect", "bigdoc", "rooms", "presence",
+// "restart"), the
 // server's base URL (ws://127.0.0.1:PORT), the wire dialect ("y-websocket" or "hocuspocus"),
 // the server's PID (its RSS and CPU time are read from /proc) and the workload's sizes. For a
 // cluster, "urls" lists the base URL of each server (a room's clients take them in turn, so a
 // writer's update reaches receivers on every server) and "pids" every process of it. With
 // "checkpoints", the fan-out stops after connecting and after each phase: it prints
-// {"checkpoint": NAME} and waits for a line on stdin (the bench reads Redis's counters). Progress
+// {"checkpoint": NAME} and waits for a line on stdin (the bench reads Redis's counters); the
+// restart workload stops at "restart" while the bench restarts the server. Progress
 // goes to stderr; the last line on stdout is one JSON object with the figures. Every workload is
 // bounded in count and in time: a hard deadline ("time_limit", seconds) ends the process.
 //
@@ -47,7 +49,10 @@ const stdinLines = cfg.checkpoints ? createInterface({ input: process.stdin })[S
 async function checkpoint (name) {
   if (!stdinLines) return
   process.stdout.write(JSON.stringify({ checkpoint: name }) + '\n')
-  await stdinLines.next()
+  const { value } = await stdinLines.next()
+  // The bench may answer with news instead of "go": the server's new processes.
+  const news = value?.startsWith('{') ? JSON.parse(value) : {}
+  if (news.pids) PIDS.splice(0, PIDS.length, ...news.pids)
 }
 
 function finish (result, code = 0) {
@@ -196,6 +201,11 @@ class Client {
     this.awarenessClock = 0
     this.awarenessIn = 0
     this.writerId = -1
+    this.reconnect = false // on close: open again after y-websocket's back-off
+    this.failedReconnects = 0
+    this.opened = false
+    this.onSynced = null
+    this.serverVector = null // the state vector of the server's last SyncStep1
     if (doc) {
       doc.on('update', (update, origin) => {
         if (origin !== REMOTE) this.send(syncMessage(this.prefix, 2, update))
@@ -229,6 +239,8 @@ class Client {
       this.ws = ws
       ws.binaryType = 'nodebuffer'
       ws.on('open', () => {
+        this.opened = true
+        this.failedReconnects = 0
         if (HOCUSPOCUS) {
           this.send(message(this.prefix, (e) => {
             encoding.writeVarUint(e, 2) // Auth
@@ -242,11 +254,31 @@ class Client {
       ws.on('message', (data) => this.receive(data))
       ws.on('error', (err) => { clearTimeout(timer); reject(err) })
       ws.on('close', () => {
-        this.closed = true
         clearTimeout(timer)
         if (!this.synced) reject(new Error(`closed before sync in ${this.room}`))
+        if (this.reconnect && !this.closed) {
+          this.reopen()
+        } else {
+          this.closed = true
+        }
       })
     })
+  }
+
+  /**
+   * Open again after y-websocket's back-off: 100 ms doubling per failed attempt up to 2.5 s
+   * (the provider's defaults), reset by a connection that opened; resolves on sync.
+   */
+  reopen () {
+    if (!this.opened) this.failedReconnects++
+    this.opened = false
+    this.synced = false
+    const delay = Math.min(2 ** this.failedReconnects * 100, 2500)
+    setTimeout(() => {
+      this.open(30000).then(() => {
+        if (this.onSynced) this.onSynced(this)
+      }, () => {}) // a refused attempt: its close event schedules the next one
+    }, delay)
   }
 
   /** Ask for a SyncStep2 again: resolves once the server has handled everything sent before. */
@@ -271,6 +303,7 @@ class Client {
   close () {
     if (this.closed || !this.ws) return
     this.closed = true
+    this.reconnect = false
     try { this.ws.terminate() } catch {}
   }
 
@@ -283,6 +316,7 @@ class Client {
         const subtype = decoding.readVarUint(decoder)
         const payload = decoding.readVarUint8Array(decoder)
         if (subtype === 0) {
+          this.serverVector = payload
           const update = this.doc ? Y.encodeStateAsUpdate(this.doc, payload) : EMPTY_UPDATE
           this.send(syncMessage(this.prefix, 1, update))
         } else {
@@ -297,9 +331,9 @@ class Client {
           }
         }
       } else if (type === 1) { // awareness
-        decoding.readVarUint8Array(decoder)
+        const entries = decoding.readVarUint8Array(decoder)
         this.awarenessIn++
-        if (this.onAwareness) this.onAwareness(this)
+        if (this.onAwareness) this.onAwareness(this, entries)
       } else {
         return // auth, query awareness, Hocuspocus's sync status...: nothing to do
       }
@@ -547,13 +581,16 @@ async function fanout () {
 // -- connect -------------------------------------------------------------------------------
 
 async function connect () {
-  const R = cfg.rooms ?? 10
   const N = cfg.clients ?? 1000
+  const R = cfg.rooms || N // 0: every client in a room of its own
   const K = cfg.concurrency ?? 50
-  // Warm up: one client per room, so the rooms exist before the baseline is taken.
-  const [, warmFailures] = await pool(Array.from({ length: R }, (_, r) => r), K,
-    (r) => new Client(`connect-${r}`).connect())
-  if (warmFailures.length) throw new Error(`warm-up failed: ${warmFailures[0]}`)
+  // With warm_rooms: one client per room first, so the rooms exist before the baseline is
+  // taken and the figures are about connections; without, each client also opens its room.
+  if (cfg.warm_rooms ?? true) {
+    const [, warmFailures] = await pool(Array.from({ length: R }, (_, r) => r), K,
+      (r) => new Client(`connect-${r}`).connect())
+    if (warmFailures.length) throw new Error(`warm-up failed: ${warmFailures[0]}`)
+  }
   await sleep(cfg.settle_ms ?? 1000)
   const base = serverStats().rss_kib
   const meter = cpuMeter()
@@ -577,6 +614,7 @@ async function connect () {
     rss_base_kib: base,
     rss_kib: after,
     rss_per_connection_kib: synced ? round((after - base) / synced, 2) : null,
+    warm_rooms: cfg.warm_rooms ?? true,
     generator_cpu: round(usage.generator_cpu),
     server_cpu: round(usage.server_cpu)
   }
@@ -703,17 +741,42 @@ async function rooms () {
 
 // -- presence ------------------------------------------------------------------------------
 
+/** Each entry of an awareness update: fn(clientID, state) (state null when removed). */
+function forEachAwarenessEntry (entries, fn) {
+  const decoder = decoding.createDecoder(entries)
+  const count = decoding.readVarUint(decoder)
+  for (let i = 0; i < count; i++) {
+    const clientID = decoding.readVarUint(decoder)
+    decoding.readVarUint(decoder) // clock
+    fn(clientID, JSON.parse(decoding.readVarString(decoder)))
+  }
+}
+
 async function presence () {
   const C = cfg.clients ?? 50
   const seconds = cfg.duration ?? 10
   const hz = cfg.hz ?? 1
-  const clients = Array.from({ length: C }, () => new Client('presence'))
+  // Latency: each state carries the time it was sent (one process, one clock); every
+  // receiver other than its sender records when it arrived, however the server batched it.
+  let measuring = false
+  const latencies = []
+  let entriesIn = 0
+  const onAwareness = (client, entries) => {
+    if (!measuring) return
+    const at = now()
+    forEachAwarenessEntry(entries, (clientID, state) => {
+      if (clientID === client.clientID || state == null) return
+      entriesIn++
+      if (state.sent != null) latencies.push(at - state.sent)
+    })
+  }
+  const clients = Array.from({ length: C }, () => new Client('presence', { onAwareness }))
   const [, failures] = await pool(clients, cfg.concurrency ?? 50, (c) => c.connect())
   if (failures.length) throw new Error(`${failures.length} clients failed: ${failures[0]}`)
   const state = (client, i) => ({
     user: { name: `user ${i}`, color: '#30bced' },
     cursor: { anchor: Math.floor(random() * 1000), head: Math.floor(random() * 1000) },
-    tick: client.awarenessClock
+    sent: now()
   })
   clients.forEach((c, i) => c.sendAwareness(state(c, i)))
   await sleep(1000)
@@ -721,6 +784,7 @@ async function presence () {
   const timers = []
   let sent = 0
   let running = true
+  measuring = true
   clients.forEach((client, i) => {
     timers.push(setTimeout(() => {
       const tick = () => {
@@ -737,13 +801,88 @@ async function presence () {
   const usage = meter()
   running = false
   for (const timer of timers) { clearTimeout(timer); clearInterval(timer) }
+  await sleep(500) // the last states arrive
+  measuring = false
   const received = clients.reduce((n, c) => n + c.awarenessIn, 0) - inBefore
+  latencies.sort((a, b) => a - b)
   return {
     clients: C,
     hz,
     duration_s: seconds,
     awareness_sent: sent,
-    awareness_received_per_s: round(received / usage.wall_s, 1),
+    // Of sent x (C - 1) states that should reach another client.
+    states_expected: sent * (C - 1),
+    states_received: entriesIn,
+    messages_received_per_s: round(received / usage.wall_s, 1),
+    latency_p50_ms: round(percentile(latencies, 50)),
+    latency_p99_ms: round(percentile(latencies, 99)),
+    server_cpu: round(usage.server_cpu),
+    generator_cpu: round(usage.generator_cpu),
+    server_rss_kib: serverStats().rss_kib
+  }
+}
+
+// -- restart -------------------------------------------------------------------------------
+
+/** Whether a state vector (lib0 encoded) holds at least one change by clientID. */
+function vectorHas (vector, clientID) {
+  if (!vector) return false
+  const decoder = decoding.createDecoder(vector)
+  const count = decoding.readVarUint(decoder)
+  for (let i = 0; i < count; i++) {
+    const client = decoding.readVarUint(decoder)
+    const clock = decoding.readVarUint(decoder)
+    if (client === clientID && clock > 0) return true
+  }
+  return false
+}
+
+async function restart () {
+  const N = cfg.clients ?? 2000
+  const K = cfg.concurrency ?? 50
+  // Each client edits a room of its own, then stays connected across the restart.
+  const clients = Array.from({ length: N }, (_, i) => new Client(`restart-${i}`, { doc: new Y.Doc() }))
+  const [, failures] = await pool(clients, K, async (client, i) => {
+    await client.connect()
+    client.doc.getText('content').insert(0, `edit by client ${i} before the restart; `)
+    await client.roundTrip()
+  })
+  if (failures.length) throw new Error(`${failures.length} clients failed: ${failures[0]}`)
+  let resynced = 0
+  let firstAt = null
+  let lastAt = 0
+  let allSynced = null
+  const done = new Promise((resolve) => { allSynced = resolve })
+  for (const client of clients) {
+    client.reconnect = true
+    client.serverVector = null
+    client.onSynced = () => {
+      resynced++
+      lastAt = now()
+      firstAt ??= lastAt
+      if (resynced === N) allSynced()
+    }
+  }
+  await sleep(cfg.settle_ms ?? 1000)
+  const stopping = now()
+  await checkpoint('restart') // the bench stops the server and starts it again on its port
+  const back = now()
+  const meter = cpuMeter()
+  const limit = sleep((cfg.resync_timeout_s ?? 60) * 1000).then(() => 'timeout')
+  const outcome = await Promise.race([done, limit])
+  const usage = meter()
+  const restored = clients.filter((c) => vectorHas(c.serverVector, c.doc.clientID)).length
+  return {
+    clients: N,
+    resynced,
+    timed_out: outcome === 'timeout',
+    // The storm: from the first client synced again to the last. The outage clients see
+    // also holds the restart and where their back-off schedule happened to be.
+    resync_s: resynced === N ? round((lastAt - firstAt) / 1000) : null,
+    outage_s: resynced === N ? round((lastAt - stopping) / 1000) : null,
+    restart_s: round((back - stopping) / 1000),
+    // Rooms whose document came back with the client's edit before the client sent it again.
+    restored,
     server_cpu: round(usage.server_cpu),
     generator_cpu: round(usage.generator_cpu),
     server_rss_kib: serverStats().rss_kib
@@ -752,7 +891,7 @@ async function presence () {
 
 // -- main ----------------------------------------------------------------------------------
 
-const workloads = { fanout, connect, bigdoc, rooms, presence }
+const workloads = { fanout, connect, bigdoc, rooms, presence, restart }
 
 try {
   const run = workloads[cfg.workload]

@@ -1,6 +1,7 @@
 // Peer under test: the reference y-websocket server (@y/websocket-server), documents in memory.
 //
-//   node ref_server.mjs       prints {"port": N} once listening on 127.0.0.1 (ephemeral port)
+//   node ref_server.mjs [PORT]    prints {"port": N} once listening on 127.0.0.1 (PORT, else an
+//                                 ephemeral port)
 //
 // Stops on SIGTERM / SIGINT or when its standard input closes.
 
@@ -28,6 +29,6 @@ for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, exit)
 process.stdin.on('close', exit)
 process.stdin.resume()
 
-httpServer.listen(0, '127.0.0.1', () => {
+httpServer.listen(Number(process.argv[2] ?? 0), '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ port: httpServer.address().port })}\n`)
 })

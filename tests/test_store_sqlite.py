@@ -169,6 +169,32 @@ async def test_foreign_files_are_refused(tmp_path: Path, kind: str) -> None:
     assert path.read_bytes() == before
 
 
+async def test_a_schema_created_by_another_process_while_checking_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Servers of a cluster open one file at once. Here another opens it (creating the schema)
+    # right between this one's reading the application id and listing the tables.
+    path = tmp_path / "shared.db"
+    sqlite3.connect(path).execute("PRAGMA journal_mode = WAL").fetchone()
+    list_tables = sqlite_module._tables
+    other_opened = False
+
+    def tables_after_another_open(db: sqlite3.Connection) -> set[str]:
+        nonlocal other_opened
+        if not other_opened:
+            other_opened = True
+            other = SQLiteStore(str(path))
+            other._open_sync()
+            other._close_sync()
+        return list_tables(db)
+
+    monkeypatch.setattr(sqlite_module, "_tables", tables_after_another_open)
+    async with SQLiteStore(str(path)) as store:
+        assert other_opened
+        await store.append("r", [b"\x00\x00"])
+        assert (await store.load("r")).updates == [b"\x00\x00"]
+
+
 async def test_locked_database_raises_and_keeps_nothing(tmp_path: Path) -> None:
     path = tmp_path / "rooms.db"
     async with SQLiteStore(path, timeout=0) as store:

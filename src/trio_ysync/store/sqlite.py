@@ -173,7 +173,10 @@ class SQLiteStore(ThreadedStore):
         )
         try:
             # Refuse a foreign or newer file before changing anything in it (even its mode).
-            self._schema_version(db)
+            # One read transaction: another process may create the schema meanwhile, and its
+            # tables must not be seen without the application id it writes with them.
+            with _transaction(db, "BEGIN"):
+                self._schema_version(db)
             # Only effective before the first table exists: lets deletes return space to the OS.
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()

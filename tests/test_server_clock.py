@@ -133,19 +133,29 @@ async def test_presence_changes_are_gathered_into_one_message_per_peer(
         watcher = await open_client(server, nursery, "cursors")
         movers = [await open_client(server, nursery, "cursors") for _ in range(3)]
         start = trio.current_time()
-        for clock in (1, 2):
+        # The first change in a quiet room goes out at once.
+        await movers[0].send(AwarenessUpdate([AwarenessEntry(10, 1, {"at": 1})]))
+        assert await watcher.receive() == AwarenessUpdate([AwarenessEntry(10, 1, {"at": 1})])
+        assert trio.current_time() == start
+        for clock in (2, 3):
             for index, mover in enumerate(movers):
                 await mover.send(
                     AwarenessUpdate([AwarenessEntry(10 + index, clock, {"at": clock})])
                 )
-        # Six changes, one message: each client's latest state, in the order they first moved.
+        # Six changes within the interval, one message at its end: each client's latest state,
+        # in the order they first moved.
         assert await watcher.receive() == AwarenessUpdate(
-            [AwarenessEntry(10 + index, 2, {"at": 2}) for index in range(3)]
+            [AwarenessEntry(10 + index, 3, {"at": 3}) for index in range(3)]
         )
         assert trio.current_time() - start == pytest.approx(0.05)
         with trio.move_on_after(1):
             await watcher.receive()
-            pytest.fail("a second awareness message was sent")
+            pytest.fail("a third awareness message was sent")
+        # A quiet interval ended the window: the next change goes out at once again.
+        moved_at = trio.current_time()
+        await movers[1].send(AwarenessUpdate([AwarenessEntry(11, 4, {"at": 4})]))
+        assert await watcher.receive() == AwarenessUpdate([AwarenessEntry(11, 4, {"at": 4})])
+        assert trio.current_time() == moved_at
 
 
 async def test_updates_are_echoed_to_their_sender_when_asked(

@@ -28,6 +28,7 @@ from .errors import DocumentError, ProtocolError
 from .hooks import ServerHooks
 from .limits import Limits
 from .logs import TEXT_FORMAT, WORKER_TEXT_FORMAT, JSONFormatter, WorkerTag
+from .room import DEFAULT_PRESENCE_INTERVAL
 from .store import Store, StoreError, admin, open_store
 
 if sys.version_info < (3, 11):
@@ -345,10 +346,11 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
     operations.add_argument(
         "--presence-interval",
         type=_seconds,
-        default=0.0,
+        default=DEFAULT_PRESENCE_INTERVAL,
         metavar="SECONDS",
-        help="gather a room's awareness changes over this long into one message per client "
-        "(default: 0, each change at once)",
+        help="after a room sends an awareness change, gather the next ones over this long "
+        f"into one message per client (default: {DEFAULT_PRESENCE_INTERVAL}; 0: each change "
+        "at once)",
     )
     operations.add_argument(
         "--echo-updates",

@@ -199,6 +199,12 @@ class Peer:
         return self.connection.bytes_written < mark
 
 
+#: Seconds over which a room gathers awareness changes after sending one (see :class:`Room`):
+#: a little over a display frame, so gathering is not seen, while 50 clients moving cursors
+#: cost the server about 40 % less CPU than sending each change (`nox -s bench -- presence`).
+DEFAULT_PRESENCE_INTERVAL = 0.02
+
+
 class Room:
     """One document shared by the peers connected to the same room name.
 
@@ -221,9 +227,11 @@ class Room:
         events: told about loads, commits and sends (see :class:`RoomEvents`).
         timers: the timers that expire awareness states and send coalesced presence (a
             server's, shared by all its rooms; by default the room runs its own).
-        presence_interval: seconds over which awareness changes are gathered into one message
-            to every peer (0: each change is sent at once). With many clients moving cursors,
-            this turns N changes into one message per peer instead of N.
+        presence_interval: after an awareness change is sent, the changes of the next this
+            many seconds are gathered into one message to every peer, sent when the interval
+            ends (0: each change is sent at once). A change in a quiet room still goes out at
+            once; with many clients moving cursors, N changes cost one message per peer per
+            interval instead of N.
         echo_updates: send each update back to the peer it came from too (as the reference
             server does; y-websocket 4's ``sync-status`` relies on it to confirm local edits).
     """
@@ -289,7 +297,7 @@ class Room:
         store_retries: int = 5,
         events: RoomEvents | None = None,
         timers: Timers | None = None,
-        presence_interval: float = 0.0,
+        presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         echo_updates: bool = False,
     ) -> None:
         self.name = name
@@ -767,18 +775,27 @@ class Room:
 
     def _broadcast_awareness(self, change: AwarenessChange) -> None:
         self._pending_presence.update(dict.fromkeys(change.client_ids))
-        if self.presence_interval <= 0:
-            self._send_presence()
-        elif self._presence_timer is None:
+        if self._presence_timer is None:  # else the window's end sends it
+            self._open_presence_window()
+
+    def _open_presence_window(self) -> None:
+        # A change in a quiet room goes out at once; those that follow within the interval
+        # wait for its end and go out together.
+        self._send_presence()
+        if self.presence_interval > 0:
             self._presence_timer = self._timers.call_later(
-                self.presence_interval, self._send_presence
+                self.presence_interval, self._end_presence_window
             )
+
+    def _end_presence_window(self) -> None:
+        self._presence_timer = None
+        if self._pending_presence:
+            self._open_presence_window()
 
     def _send_presence(self) -> None:
         # Everyone, the sender too: the echo of a client's 15 s renewal is what keeps
         # y-websocket's 30 s receive watchdog quiet in an idle room. Each client's entry says
         # its latest state and clock, so changes gathered over the interval lose nothing.
-        self._presence_timer = None
         client_ids, self._pending_presence = list(self._pending_presence), {}
         if not client_ids or self._state is not RoomState.OPEN:
             return

@@ -60,7 +60,7 @@ from .protocol import (
     decode,
     message_kind,
 )
-from .room import Peer, Room, RoomState
+from .room import DEFAULT_PRESENCE_INTERVAL, Peer, Room, RoomState
 from .store import MemoryStore, Store, StoreError
 from .timers import Timers
 from .transport import DEFAULT_MAX_FRAGMENTS, ServerWebSocket, WsprotoPendingConnection
@@ -107,7 +107,8 @@ class RoomServer:
         http_api: answer the HTTP API for documents under ``/api/rooms`` (see
             :mod:`trio_ysync.api`).
         presence_interval: seconds over which a room gathers awareness changes into one
-            message per peer (see :class:`~trio_ysync.room.Room`; 0 sends each change at once).
+            message per peer after sending one (see :class:`~trio_ysync.room.Room`; 0 sends
+            each change at once; default 0.02).
         echo_updates: send each update back to its sender too (y-websocket 4's
             ``sync-status``; see :class:`~trio_ysync.room.Room`).
     """
@@ -138,7 +139,7 @@ class RoomServer:
         metrics: Metrics | None = None,
         metrics_token: str | None = None,
         http_api: bool = True,
-        presence_interval: float = 0.0,
+        presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         echo_updates: bool = False,
     ) -> None:
         if bus is not None and store is not None and bus.store is not store:

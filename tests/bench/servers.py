@@ -143,10 +143,10 @@ SERVERS: dict[str, ServerSpec] = {
             _trio_ysync("memory", "--metrics"),
         ),
         ServerSpec(
-            "trio-presence",
-            "trio-ysync (memory, --presence-interval 0.02)",
+            "trio-presence-off",
+            "trio-ysync (memory, --presence-interval 0)",
             "y-websocket",
-            _trio_ysync("memory", "--presence-interval", "0.02"),
+            _trio_ysync("memory", "--presence-interval", "0"),
             workloads=frozenset({"presence"}),
         ),
         ServerSpec(
@@ -185,6 +185,8 @@ SERVERS: dict[str, ServerSpec] = {
 DEFAULT_SERVERS = [
     "trio-memory",
     "trio-sqlite",
+    "trio-presence-off",
+    "trio-echo",
     "trio-cluster",
     "pycrdt-trio",
     "pycrdt-asyncio",

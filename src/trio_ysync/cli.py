@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import logging
 import socket
 import sys
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
+from ._memory import release_freed_memory, tune_garbage_collector
 from ._redis import DEFAULT_PREFIX, check_prefix
 from .auth import create_token, read_secret_file
 from .bus import BusError
@@ -555,31 +555,19 @@ async def _serve(args: argparse.Namespace, started: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve_listeners, listeners)
             _print_serving(args, port)
-            _tune_garbage_collector()
+            tune_garbage_collector()
             started()
             logger.info("store: %r", store)
             if args.redis is not None:
                 logger.info("cluster: %r", bus)
             async with trio.open_nursery() as watchers:
+                watchers.start_soon(release_freed_memory)
                 if args.worker_index is not None:
                     from ._workers import stop_when_parent_exits
 
                     watchers.start_soon(stop_when_parent_exits)
                 await shutdown_on_signals(server)
                 watchers.cancel_scope.cancel()
-
-
-#: The cyclic collector's thresholds while serving (CPython's defaults: 700, 10, 10).
-SERVING_GC_THRESHOLDS = (10_000, 20, 10)
-
-
-def _tune_garbage_collector() -> None:
-    # Thousands of connections and rooms opening at once (a reconnect storm) survive every
-    # young collection, and the default thresholds then spend a third of the storm rescanning
-    # them (`nox -s bench -- storm`). Rarer young collections still free garbage cycles soon;
-    # the modules and objects of startup are frozen out of every later collection.
-    gc.freeze()
-    gc.set_threshold(*SERVING_GC_THRESHOLDS)
 
 
 async def _serve_workers(

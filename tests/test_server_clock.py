@@ -10,9 +10,18 @@ import trio.testing
 from rawclient import RawClient
 from ydocs import insert_text
 
+from trio_ysync.bus import BusListener, LocalBus, RoomChannel
 from trio_ysync.doc import new_document
-from trio_ysync.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncStep2, SyncUpdate
+from trio_ysync.protocol import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    decode_awareness_update,
+)
 from trio_ysync.server import RoomServer
+from trio_ysync.store import MemoryStore
 from trio_ysync.transport import CloseCode
 
 
@@ -156,6 +165,45 @@ async def test_presence_changes_are_gathered_into_one_message_per_peer(
         await movers[1].send(AwarenessUpdate([AwarenessEntry(11, 4, {"at": 4})]))
         assert await watcher.receive() == AwarenessUpdate([AwarenessEntry(11, 4, {"at": 4})])
         assert trio.current_time() == moved_at
+
+
+class AwarenessRecordingBus(LocalBus):
+    """A bus that pretends to be shared and records the awareness a room publishes."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        super().__init__(MemoryStore())
+        self.published: list[tuple[float, list[AwarenessEntry]]] = []
+
+    async def attach(self, room: str, listener: BusListener) -> RoomChannel:
+        channel = await super().attach(room, listener)
+
+        def record(payload: bytes) -> None:
+            self.published.append((trio.current_time(), decode_awareness_update(payload)))
+
+        channel.publish_awareness = record  # type: ignore[method-assign]
+        return channel
+
+
+async def test_presence_for_other_servers_is_gathered_too(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    bus = AwarenessRecordingBus()
+    async with RoomServer(bus.store, bus=bus, presence_interval=0.05) as server:
+        movers = [await open_client(server, nursery, "shared") for _ in range(2)]
+        start = trio.current_time()
+        for clock in (1, 2, 3):
+            for index, mover in enumerate(movers):
+                await mover.send(AwarenessUpdate([AwarenessEntry(20 + index, clock, {})]))
+        await movers[0].stream.aclose()
+        await trio.sleep(1)
+        # The first change at once; the other five and the leaving client's removal in one
+        # message at the window's end, each client's latest state in the order they changed.
+        assert bus.published == [
+            (start, [AwarenessEntry(20, 1, {})]),
+            (start + 0.05, [AwarenessEntry(21, 3, {}), AwarenessEntry(20, 3, None)]),
+        ]
 
 
 async def test_updates_are_echoed_to_their_sender_when_asked(

@@ -255,6 +255,7 @@ class Room:
         "_nursery",
         "_own_timers",
         "_pending_presence",
+        "_pending_shared",
         "_presence_timer",
         "_receivers",
         "_reservations",
@@ -338,7 +339,10 @@ class Room:
         self._expiry: Timer | None = None
         self.presence_interval = presence_interval
         self.echo_updates = echo_updates
+        # Client IDs whose awareness changed: to tell this server's peers, and (those of its
+        # own peers) to tell the other servers; both go out when the presence window ends.
         self._pending_presence: dict[int, None] = {}
+        self._pending_shared: dict[int, None] = {}
         # Answers that depend only on the document, encoded once until it changes.
         self._cached_step1: OutgoingMessage | None = None
         self._cached_step2: OutgoingMessage | None = None
@@ -550,6 +554,7 @@ class Room:
             return
         with trio.CancelScope(shield=True):  # bounded by the bus
             self._share_awareness(self.awareness.remove(self._local_clients(), trio.current_time()))
+            self._publish_shared_awareness()
             channel, self._channel = self._channel, None
             await channel.detach()
 
@@ -602,10 +607,12 @@ class Room:
         self._idle_changed.set()
         change = self.awareness.remove_controlled_by(peer, trio.current_time())
         if change:
+            self._share_awareness(change)
             if self._state is RoomState.OPEN:
                 self._broadcast_awareness(change)
                 self._schedule_expiry()
-            self._share_awareness(change)
+            else:
+                self._publish_shared_awareness()
 
     def handle(self, peer: Peer, message: Message) -> None:
         """Handle one decoded, validated message from ``peer``.
@@ -747,9 +754,9 @@ class Room:
             )
         change = self.awareness.apply(message.entries, trio.current_time(), origin=peer)
         if change:
+            self._share_awareness(change)
             self._broadcast_awareness(change)
             self._schedule_expiry()
-            self._share_awareness(change)
 
     # -- document updates ----------------------------------------------------------------
 
@@ -780,8 +787,9 @@ class Room:
 
     def _open_presence_window(self) -> None:
         # A change in a quiet room goes out at once; those that follow within the interval
-        # wait for its end and go out together.
+        # wait for its end and go out together, to this server's peers and to the others.
         self._send_presence()
+        self._publish_shared_awareness()
         if self.presence_interval > 0:
             self._presence_timer = self._timers.call_later(
                 self.presence_interval, self._end_presence_window
@@ -789,7 +797,7 @@ class Room:
 
     def _end_presence_window(self) -> None:
         self._presence_timer = None
-        if self._pending_presence:
+        if self._pending_presence or self._pending_shared:
             self._open_presence_window()
 
     def _send_presence(self) -> None:
@@ -830,9 +838,16 @@ class Room:
     # -- other servers (the room is the bus's listener) ----------------------------------
 
     def _share_awareness(self, change: AwarenessChange) -> None:
-        """Tell the other servers what this server's peers changed."""
-        if self.bus.shared and change and self._channel is not None:
-            entries = self.awareness.entries(change.client_ids)
+        """Note what this server's peers changed, for the other servers (see
+        :meth:`_publish_shared_awareness`)."""
+        if self.bus.shared and self._channel is not None:
+            self._pending_shared.update(dict.fromkeys(change.client_ids))
+
+    def _publish_shared_awareness(self) -> None:
+        """Tell the other servers the latest states of the clients noted since last time."""
+        client_ids, self._pending_shared = list(self._pending_shared), {}
+        if client_ids and self._channel is not None:
+            entries = self.awareness.entries(client_ids)
             self._channel.publish_awareness(encode_awareness_update(entries))
 
     def _local_clients(self) -> set[int]:

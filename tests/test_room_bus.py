@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from redisserver import redis_server, requires_redis
@@ -19,7 +20,7 @@ from ydocs import insert_text
 from trio_ysync.bus import BusError, BusTuning, BusUnavailableError, open_bus
 from trio_ysync.bus._redis import RedisBus
 from trio_ysync.doc import new_document
-from trio_ysync.errors import YSyncError
+from trio_ysync.errors import UnsupportedOperationError, YSyncError
 from trio_ysync.protocol import (
     AwarenessEntry,
     AwarenessUpdate,
@@ -59,6 +60,22 @@ async def awareness(client: TestClient) -> dict[int, object]:
 def test_bus_errors_are_library_errors() -> None:
     assert issubclass(BusError, YSyncError)
     assert (BusUnavailableError.close_code, BusUnavailableError.http_status) == (1013, 503)
+
+
+async def test_deleting_a_room_of_a_cluster_is_refused_and_keeps_it(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            redis_server() as redis,
+            serving(redis.url, SQLiteStore(tmp_path / "r.db")) as (server, port),
+            connect(port, "kept") as client,
+        ):
+            await client.join()
+            with pytest.raises(UnsupportedOperationError) as refused:
+                await server.delete_room("kept")
+            assert refused.value.http_status == 501
+            # The connection and the room go on.
+            await client.send(SyncStep1(b"\x00"))
+            assert isinstance(await client.receive_until(SyncStep2), SyncStep2)
 
 
 async def test_awareness_crosses_servers_and_leaves_with_its_server(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ WebSocket.
 ``POST /api/rooms/{room}``                  apply the Yjs update in the body, like a client's
                                             edit: validated, committed, broadcast
 ``DELETE /api/rooms/{room}``                close the room's connections (4404) and delete it
+                                            (501 in a cluster)
 ==========================================  ===================================================
 
 ``{room}`` is the room name percent-encoded as one path segment (``team%2Fplan``). Loaded or

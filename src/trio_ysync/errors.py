@@ -109,6 +109,14 @@ class PolicyViolationError(YSyncError):
     peer_fault = True
 
 
+class UnsupportedOperationError(YSyncError):
+    """A request this server cannot carry out as configured (deleting a room of a cluster):
+    answered 501, logged as the requester's doing."""
+
+    http_status = 501
+    peer_fault = True
+
+
 class RoomClosedError(YSyncError):
     """The room failed or is closing, so a peer cannot join it now; trying again later may
     work."""

@@ -40,7 +40,7 @@ from .connection import (
 )
 from .demo import demo_response
 from .doc import Backend
-from .errors import CloseCode, RoomClosedError, YSyncError
+from .errors import CloseCode, RoomClosedError, UnsupportedOperationError, YSyncError
 from .hooks import (
     ConnectionClosed,
     ConnectionOpened,
@@ -624,7 +624,14 @@ class RoomServer:
 
         Raises:
             StoreError: the store could not delete it.
+            UnsupportedOperationError: the server is part of a cluster; the other servers and
+                the bus would keep the room (and bring it back), so it is refused.
         """
+        if self.bus.shared:
+            raise UnsupportedOperationError(
+                "deleting a room is not supported in a cluster yet: the other servers and "
+                "Redis would keep it"
+            )
         self._deleting.add(name)
         try:
             room = self._rooms.get(name)

@@ -44,9 +44,12 @@ __all__ = [
 #: The update that changes nothing (no structs, no deletes), as every library encodes it.
 EMPTY_UPDATE = b"\x00\x00"
 
-#: The largest clock yrs can hold (its clocks are ``u32``). A client's clock after its last
-#: struct, and the end of every delete range, must not exceed it; anything larger wraps around.
-MAX_CLOCK = 2**32 - 1
+#: The largest clock accepted. yrs stores clocks as ``u32``, but a struct at clock 2**31 or
+#: above, once the clocks before it arrive, makes yrs panic (found by fuzzing: it searches
+#: blocks with signed arithmetic), so the bound is 2**31 - 1, which no real client reaches (two
+#: billion edits by one client ID). A client's clock after its last struct, and the end of every
+#: delete range, must not exceed it.
+MAX_CLOCK = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,9 @@ def validate_state_vector(
         client, pos = read_var_uint(raw, pos)
         clock, pos = read_var_uint(raw, pos)
         if clock > MAX_CLOCK:
-            raise ProtocolError(f"state vector clock {clock} of client {client} exceeds 32 bits")
+            raise ProtocolError(
+                f"state vector clock {clock} of client {client} exceeds {MAX_CLOCK}"
+            )
         if client in clocks:
             raise ProtocolError(f"state vector repeats client {client}")
         clocks[client] = clock
@@ -367,7 +372,7 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
                 raise ProtocolError(f"empty content in the struct ending at byte {pos}")
             clock += length
         if clock > MAX_CLOCK:
-            raise ProtocolError(f"client {client} reaches clock {clock}, beyond 32 bits")
+            raise ProtocolError(f"client {client} reaches clock {clock}, beyond {MAX_CLOCK}")
         clocks[client] = (start, clock)
 
     if data[pos] == 0:  # the usual empty delete set
@@ -420,7 +425,7 @@ def _walk_delete_set(
             if length == 0:
                 raise ProtocolError(f"delete range of length 0 at byte {pos - 1}")
             if clock + length > MAX_CLOCK:
-                raise ProtocolError(f"delete range of client {client} ends beyond 32 bits")
+                raise ProtocolError(f"delete range of client {client} ends beyond {MAX_CLOCK}")
     return ranges, frozenset(clients), pos
 
 

@@ -9,7 +9,7 @@ it and accepts only what both yjs and yrs read the same way and can apply safely
 - strings are valid UTF-8 (yrs reads them unchecked); content lengths are counted as yjs counts
   them (UTF-16 code units for strings);
 - no struct, client section or delete range is empty (yjs trips over empty items too); every
-  clock, and every client's clock after its last struct, fits the unsigned 32-bit clocks of yrs;
+  clock, and every client's clock after its last struct, is at most :data:`MAX_CLOCK` (2**31 - 1);
   client IDs fit in 53 bits (lib0's integers);
 - references to the item's own client point back in time (an item cannot follow itself);
 - nesting of ``Any`` values and of JSON text is bounded, and JSON text parses as JSON;

@@ -1,0 +1,54 @@
+"""Inputs that pass the validator and still break yrs in ways the server cannot contain.
+
+Each runs in a child process (it may abort the interpreter). They are expected to fail until
+the validator refuses them or a pycrdt release fixes yrs; a strict xfail then reports the fix.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trio_ysync.protocol import validate_update
+
+FOUND = Path(__file__).parent / "fuzzing" / "found"
+
+# Applies the updates in order to fresh documents, a few times over: the corruption is found
+# by malloc later, when freed memory is reused.
+APPLY_REPEATEDLY = """
+import sys, pycrdt
+updates = [bytes.fromhex(line) for line in open(sys.argv[1]).read().split()]
+for _ in range(20):
+    doc = pycrdt.Doc()
+    for update in updates:
+        try:
+            doc.apply_update(update)
+        except BaseException:
+            pass
+    del doc
+"""
+
+
+def updates_of(name: str) -> list[bytes]:
+    return [bytes.fromhex(line) for line in (FOUND / name).read_text().split()]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pycrdt 0.14.13: five validated updates (found by an offline fuzz of mutate() "
+    "sequences) corrupt yrs's heap; the process aborts",
+)
+def test_validated_updates_that_corrupt_the_heap_of_yrs() -> None:
+    name = "yrs-heap-corruption-1.hex"
+    for update in updates_of(name):
+        validate_update(update)  # every one of them is well-formed as far as we check
+    child = subprocess.run(
+        [sys.executable, "-c", APPLY_REPEATEDLY, str(FOUND / name)],
+        capture_output=True,
+        timeout=60,
+        env={"RUST_BACKTRACE": "0"},
+    )
+    assert child.returncode == 0, child.stderr.decode(errors="replace")[-300:]

@@ -29,6 +29,9 @@ do not mix), unless one is given.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -37,6 +40,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from .errors import CloseCode
 from .hooks import Instruments
@@ -75,20 +80,10 @@ class Metrics(Instruments):
             "room_load_seconds", "Room load time.", namespace=ns, registry=reg,
             buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
-        self._received = Counter(
-            "messages_received", "Messages from clients.", ["kind"], namespace=ns, registry=reg
-        )
-        self._received_bytes = Counter(
-            "received_bytes", "Bytes of messages from clients.", ["kind"], namespace=ns,
-            registry=reg,
-        )  # fmt: skip
-        self._sent = Counter(
-            "messages_sent", "Messages to clients, per receiver.", ["kind"], namespace=ns,
-            registry=reg,
-        )  # fmt: skip
-        self._sent_bytes = Counter(
-            "sent_bytes", "Bytes of messages to clients.", ["kind"], namespace=ns, registry=reg
-        )
+        # Counted on every message: plain tallies, read when Prometheus scrapes (a
+        # prometheus_client Counter takes a lock on every increment).
+        self._messages = _MessageTallies(ns)
+        self.registry.register(self._messages)
         self._committed = Counter(
             "committed_updates", "Updates committed to the store.", namespace=ns, registry=reg
         )
@@ -110,14 +105,16 @@ class Metrics(Instruments):
 
     def message_received(self, kind: str, size: int) -> None:
         """Count a client's message."""
-        self._child(self._received, kind).inc()
-        self._child(self._received_bytes, kind).inc(size)
+        messages = self._messages
+        messages.received[kind] += 1
+        messages.received_bytes[kind] += size
 
     def messages_sent(self, kind: str, receivers: int, size: int) -> None:
         """Count a message sent to ``receivers`` connections."""
         if receivers:
-            self._child(self._sent, kind).inc(receivers)
-            self._child(self._sent_bytes, kind).inc(receivers * size)
+            messages = self._messages
+            messages.sent[kind] += receivers
+            messages.sent_bytes[kind] += receivers * size
 
     def connection_opened(self) -> None:
         """Count an open connection."""
@@ -156,3 +153,26 @@ class Metrics(Instruments):
     def exposition(self) -> bytes:
         """The metrics in Prometheus's text format."""
         return generate_latest(self.registry)
+
+
+class _MessageTallies(Collector):
+    """Messages and bytes per kind, received and sent, as Prometheus counters."""
+
+    def __init__(self, namespace: str) -> None:
+        self._prefix = f"{namespace}_" if namespace else ""
+        self.received: Tally[str] = Tally()
+        self.received_bytes: Tally[str] = Tally()
+        self.sent: Tally[str] = Tally()
+        self.sent_bytes: Tally[str] = Tally()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, help_text, tally in (
+            ("messages_received", "Messages from clients.", self.received),
+            ("received_bytes", "Bytes of messages from clients.", self.received_bytes),
+            ("messages_sent", "Messages to clients, per receiver.", self.sent),
+            ("sent_bytes", "Bytes of messages to clients.", self.sent_bytes),
+        ):
+            family = CounterMetricFamily(self._prefix + name, help_text, labels=["kind"])
+            for kind, value in sorted(tally.items()):
+                family.add_metric([kind], value)
+            yield family

@@ -36,10 +36,14 @@ def updates_of(name: str) -> list[bytes]:
     return [bytes.fromhex(line) for line in (FOUND / name).read_text().split()]
 
 
+# Five updates found by tests/hunt_sequences.py (seed 4), structs not needed for the crash
+# replaced by Skips. What they share: one client's clocks carry different content in different
+# updates (in one, clock 19 is a text format mark; in another, an XML element), and items whose
+# parent is such an ID arrive while it is still pending. A lead, not a diagnosis: yrs may take
+# the parent's content for a branch without checking its kind.
 @pytest.mark.xfail(
     strict=True,
-    reason="pycrdt 0.14.13: five validated updates (found by an offline fuzz of mutate() "
-    "sequences) corrupt yrs's heap; the process aborts",
+    reason="pycrdt 0.14.13: five validated updates corrupt yrs's heap; the process aborts",
 )
 def test_validated_updates_that_corrupt_the_heap_of_yrs() -> None:
     name = "yrs-heap-corruption-1.hex"

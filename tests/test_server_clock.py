@@ -167,6 +167,28 @@ async def test_presence_changes_are_gathered_into_one_message_per_peer(
         assert trio.current_time() == moved_at
 
 
+async def test_an_update_with_a_clock_gap_is_answered_with_the_rooms_state_vector(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    writer = await open_client(server, nursery, "gap")
+    doc = new_document(client_id=9)
+    insert_text(doc, 0, "ab")
+    first_edit = doc.state_vector()
+    insert_text(doc, 2, "cd")
+    # The second edit alone starts at clock 2 of client 9, which the room has never seen.
+    await writer.send(SyncUpdate(doc.diff(first_edit)))
+    with trio.fail_after(5):
+        asked = await writer.receive()
+    assert asked == SyncStep1(b"\x00")  # the room's state vector: nothing of client 9
+    room = server.rooms["gap"]
+    assert room.document.get_text("t") == ""
+    # What the client answers to that (y-websocket does it by itself) has no gap.
+    await writer.send(SyncStep2(doc.diff(asked.state_vector)))
+    await writer.send(SyncStep1(b"\x00"))
+    assert isinstance(await writer.receive(), SyncStep2)  # answered after the commit
+    assert room.document.get_text("t") == "abcd"
+
+
 class AwarenessRecordingBus(LocalBus):
     """A bus that pretends to be shared and records the awareness a room publishes."""
 

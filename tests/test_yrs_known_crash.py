@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
+from cliserver import cli_server
+from wsclient import connect
 
-from trio_ysync.protocol import validate_update
+from trio_ysync.protocol import SyncStep1, SyncStep2, SyncUpdate, validate_update
 
 FOUND = Path(__file__).parent / "fuzzing" / "found"
 
@@ -56,3 +59,23 @@ def test_validated_updates_that_corrupt_the_heap_of_yrs() -> None:
         env={"RUST_BACKTRACE": "0"},
     )
     assert child.returncode == 0, child.stderr.decode(errors="replace")[-300:]
+
+
+async def test_the_server_does_not_apply_them_and_survives() -> None:
+    # The five updates as the hunt found them (the reduced ones break pycrdt alone, not a
+    # server): before the rule on clock gaps they killed `trio-ysync serve` (SIGSEGV or
+    # SIGABRT). All but the fourth start after clocks the room has not seen, so the room
+    # answers each with its state vector instead of applying it (see Room._apply).
+    updates = updates_of("yrs-heap-corruption-1-whole.hex")
+    async with cli_server("--store", "memory", "--room-grace-period", "0") as server:
+        for attempt in range(20):  # fresh rooms, as the corruption shows when memory is reused
+            async with connect(server.port, f"target-{attempt}") as client:
+                with trio.fail_after(20):
+                    await client.join()
+                    await client.send(*(SyncUpdate(update) for update in updates))
+                    await client.send(SyncStep1(b"\x00"))
+                    await client.receive_until(SyncStep2)
+        async with connect(server.port, "afterwards") as client:
+            with trio.fail_after(20):
+                await client.join()
+        assert server.process.poll() is None

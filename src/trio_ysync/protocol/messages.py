@@ -11,12 +11,18 @@ import enum
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ._json import json_depth
 from .lib0 import Decoder, Encoder, ProtocolError
-from .update import DEFAULT_UPDATE_LIMITS, UpdateLimits, validate_state_vector, validate_update
+from .update import (
+    DEFAULT_UPDATE_LIMITS,
+    UpdateInfo,
+    UpdateLimits,
+    validate_state_vector,
+    validate_update,
+)
 
 __all__ = [
     "AwarenessEntry",
@@ -97,16 +103,21 @@ class SyncStep1:
 
 @dataclass(frozen=True, slots=True)
 class SyncStep2:
-    """The answer to :class:`SyncStep1`: a v1 update with what the asker lacks."""
+    """The answer to :class:`SyncStep1`: a v1 update with what the asker lacks.
+
+    ``info`` is what :func:`decode` learnt validating the update (``None`` when built by hand).
+    """
 
     update: bytes
+    info: UpdateInfo | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class SyncUpdate:
-    """An incremental v1 document update."""
+    """An incremental v1 document update (``info``: as for :class:`SyncStep2`)."""
 
     update: bytes
+    info: UpdateInfo | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +331,9 @@ def _read(decoder: Decoder, limits: MessageLimits) -> Message:
             validate_state_vector(payload, limits.update)
             return SyncStep1(payload)
         if sync_type == SyncMessageType.STEP2:
-            validate_update(payload, limits.update)
-            return SyncStep2(payload)
+            return SyncStep2(payload, validate_update(payload, limits.update))
         if sync_type == SyncMessageType.UPDATE:
-            validate_update(payload, limits.update)
-            return SyncUpdate(payload)
+            return SyncUpdate(payload, validate_update(payload, limits.update))
         raise ProtocolError(f"unknown sync message type {sync_type}")
     if message_type == MessageType.AWARENESS:
         return AwarenessUpdate(decode_awareness_update(decoder.read_var_uint8_array(), limits))

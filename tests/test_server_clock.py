@@ -189,6 +189,27 @@ async def test_an_update_with_a_clock_gap_is_answered_with_the_rooms_state_vecto
     assert room.document.get_text("t") == "abcd"
 
 
+async def test_an_update_that_names_clocks_the_room_lacks_is_answered_likewise(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    writer = await open_client(server, nursery, "lacking")
+    other, doc = new_document(client_id=1), new_document(client_id=2)
+    insert_text(other, 0, "ab")
+    doc.apply_update(other.diff())
+    before = doc.state_vector()
+    insert_text(doc, 1, "X")  # between the other client's "a" and "b", which the room lacks
+    await writer.send(SyncUpdate(doc.diff(before)))
+    with trio.fail_after(5):
+        asked = await writer.receive()
+    assert asked == SyncStep1(b"\x00")
+    room = server.rooms["lacking"]
+    assert room.document.get_text("t") == ""
+    await writer.send(SyncStep2(doc.diff(asked.state_vector)))
+    await writer.send(SyncStep1(b"\x00"))
+    assert isinstance(await writer.receive(), SyncStep2)
+    assert room.document.get_text("t") == "aXb"
+
+
 class AwarenessRecordingBus(LocalBus):
     """A bus that pretends to be shared and records the awareness a room publishes."""
 

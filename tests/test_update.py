@@ -252,18 +252,22 @@ def test_a_small_valid_update_and_what_is_learnt() -> None:
     data = update(
         section(300, 0, in_root(STRING, text("a😀é")), after(STRING, (300, 3), text("!"))),
         section(5, 10, b"\x0a\x02", any_item(b"\x7d\x2a", key="n")),
+        section(6, 0, after(STRING, (300, 1), text("x")), after(STRING, (5, 20), text("y"))),
         delete_set=delete_set((300, [(1, 2)]), (9, [(0, 4), (6, 1)])),
     )
     info = validate_update(data)
     # "a😀é" is four UTF-16 code units, so "!" follows at clock 4.
     assert info == UpdateInfo(
         size=len(data),
-        structs=4,
-        clocks={300: (0, 5), 5: (10, 13)},
+        structs=6,
+        clocks={300: (0, 5), 5: (10, 13), 6: (0, 2)},
         delete_ranges=3,
         delete_clients=frozenset({300, 9}),
+        # Client 6 names 300's clock 1 and 5's clock 20; the delete set names up to 300's
+        # clock 2 and 9's clock 6.
+        references={300: 3, 5: 21, 9: 7},
     )
-    assert info.clients == {300, 5, 9}
+    assert info.clients == {300, 5, 6, 9}
     assert not info.is_empty
     assert validate_update(b"\x00\x00") == UpdateInfo(2, 0, {}, 0, frozenset())
     assert validate_update(b"\x00\x00").is_empty

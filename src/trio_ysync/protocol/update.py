@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 from ._json import json_depth
@@ -97,6 +98,10 @@ class UpdateInfo(NamedTuple):
     delete_ranges: int
     #: Clients with ranges in the delete set.
     delete_clients: frozenset[int]
+    #: For each client that origins, right origins and parents of *another* client's structs
+    #: name, or that the delete set names: the clock just after the furthest one named. With
+    #: :attr:`clocks`, what a document must already hold for the update to apply whole.
+    references: Mapping[int, int] = MappingProxyType({})
 
     @property
     def is_empty(self) -> bool:
@@ -199,6 +204,7 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
     max_structs = limits.max_structs
     structs = 0
     clocks: dict[int, tuple[int, int]] = {}
+    references: dict[int, int] = {}
     # Origins name a client in up to eight bytes, nearly always the section's own client or the
     # one named last: compare the encoded bytes instead of decoding them again.
     other_bytes = b""
@@ -259,8 +265,13 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
                     pos += 2
                 else:
                     id_clock, pos = var_uint(data, pos)
-                if id_clock >= (clock if id_client == client else MAX_CLOCK):
+                if id_client == client:
+                    if id_clock >= clock:
+                        raise ProtocolError(f"origin clock {id_clock} out of range at byte {pos}")
+                elif id_clock >= MAX_CLOCK:
                     raise ProtocolError(f"origin clock {id_clock} out of range at byte {pos}")
+                elif id_clock >= references.get(id_client, 0):
+                    references[id_client] = id_clock + 1
             if info & _HAS_RIGHT_ORIGIN:
                 if data.startswith(client_bytes, pos):
                     id_client = client
@@ -281,8 +292,15 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
                     pos += 2
                 else:
                     id_clock, pos = var_uint(data, pos)
-                if id_clock >= (clock if id_client == client else MAX_CLOCK):
+                if id_client == client:
+                    if id_clock >= clock:
+                        raise ProtocolError(
+                            f"right origin clock {id_clock} out of range at byte {pos}"
+                        )
+                elif id_clock >= MAX_CLOCK:
                     raise ProtocolError(f"right origin clock {id_clock} out of range at byte {pos}")
+                elif id_clock >= references.get(id_client, 0):
+                    references[id_client] = id_clock + 1
             if not info & (_HAS_ORIGIN | _HAS_RIGHT_ORIGIN):
                 parent_info = data[pos]
                 pos += 1
@@ -293,6 +311,8 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
                     id_clock, pos = var_uint(data, pos)
                     if id_clock >= (clock if id_client == client else MAX_CLOCK):
                         raise ProtocolError(f"parent clock {id_clock} out of range at byte {pos}")
+                    if id_client != client and id_clock >= references.get(id_client, 0):
+                        references[id_client] = id_clock + 1
                 else:
                     raise ProtocolError(f"invalid parent info {parent_info} at byte {pos - 1}")
                 if info & _HAS_PARENT_SUB:
@@ -378,17 +398,17 @@ def _walk_update(data: bytes, limits: UpdateLimits) -> UpdateInfo:
     if data[pos] == 0:  # the usual empty delete set
         delete_ranges, delete_clients, pos = 0, _NO_CLIENTS, pos + 1
     else:
-        delete_ranges, delete_clients, pos = _walk_delete_set(data, pos, limits)
+        delete_ranges, delete_clients, pos = _walk_delete_set(data, pos, limits, references)
     if pos != size:
         raise ProtocolError(f"{size - pos} bytes after the end of the update")
-    return UpdateInfo(size, structs, clocks, delete_ranges, delete_clients)
+    return UpdateInfo(size, structs, clocks, delete_ranges, delete_clients, references)
 
 
 _NO_CLIENTS: frozenset[int] = frozenset()
 
 
 def _walk_delete_set(
-    data: bytes, pos: int, limits: UpdateLimits
+    data: bytes, pos: int, limits: UpdateLimits, references: dict[int, int]
 ) -> tuple[int, frozenset[int], int]:
     var_uint = read_var_uint
     count, pos = var_uint(data, pos)
@@ -426,6 +446,8 @@ def _walk_delete_set(
                 raise ProtocolError(f"delete range of length 0 at byte {pos - 1}")
             if clock + length > MAX_CLOCK:
                 raise ProtocolError(f"delete range of client {client} ends beyond {MAX_CLOCK}")
+            if clock + length > references.get(client, 0):
+                references[client] = clock + length
     return ranges, frozenset(clients), pos
 
 

@@ -4,10 +4,12 @@
 
 The socket fuzzer (tests/fuzz.py) sends one input at a time through a live server; this applies
 mutated updates (the fuzzer's own ``mutate``) that pass :func:`validate_update` in order to one
-pycrdt document, as a room would, about a hundred times faster. Every 400 inputs it starts a
-fresh document. The sequence of the current document is written line by line (hex) to
-``OUT/seq-N.txt`` before each update is applied, so when yrs corrupts memory and the process
-aborts, the last two files hold the culprit; a Rust panic (which the server contains) is
+pycrdt document, as a room would, about a hundred times faster. Like a room, it skips updates that
+need clocks the document lacks (``UpdateInfo.needs_more_than``); ``--no-room-rule`` applies them
+too, which is how the heap corruption of tests/test_yrs_known_crash.py was found. Every 400
+inputs it starts a fresh document. The sequence of the current document is written line by line
+(hex) to ``OUT/seq-N.txt`` before each update is applied, so when yrs corrupts memory and the
+process aborts, the last two files hold the culprit; a Rust panic (which the server contains) is
 saved as ``OUT/panic-N.txt``. Minimise a file by removing lines while it still breaks, then add
 it to tests/fuzzing/found/ with a test.
 
@@ -29,7 +31,7 @@ from fuzzing.honest import is_panic
 from fuzzing.inputs import mutate
 
 from trio_ysync.errors import ProtocolError
-from trio_ysync.protocol import validate_update
+from trio_ysync.protocol import validate_state_vector, validate_update
 
 UPDATES_PER_DOCUMENT = 400
 
@@ -40,7 +42,14 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=10**7, help="apply at most this many")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("hunt"), help="where sequences go")
+    parser.add_argument(
+        "--no-room-rule",
+        dest="room_rule",
+        action="store_false",
+        help="apply updates that a room would not (they need clocks the document lacks)",
+    )
     args = parser.parse_args()
+    room_rule = args.room_rule
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     corpus = build_corpus(rng)
@@ -59,9 +68,13 @@ def main() -> int:
                     break
                 update = mutate(rng.choice(corpus.updates), rng, corpus)
                 try:
-                    validate_update(update)
+                    info = validate_update(update)
                 except ProtocolError:
                     continue
+                if room_rule and info.needs_more_than(
+                    validate_state_vector(bytes(doc.get_state()))
+                ):
+                    continue  # a room answers it with a SyncStep1 instead
                 sequence.append(update)
                 log.write(update.hex() + "\n")
                 applied += 1

@@ -667,22 +667,10 @@ class Room:
         self._apply_update(update, peer)
 
     def _leaves_a_gap(self, info: UpdateInfo) -> bool:
-        """Whether the update needs clocks that neither the room nor the update holds: its
-        structs of a client start after the room's last clock of that client, or they (or its
-        delete set) name other clients' clocks beyond both."""
+        """Whether the update needs clocks that neither the room nor the update holds."""
         if self._cached_clocks is None:
             self._cached_clocks = validate_state_vector(self.document.state_vector())
-        known = self._cached_clocks
-        clocks = info.clocks
-        for client, (start, _) in clocks.items():
-            if start > known.get(client, 0):
-                return True
-        for client, needed in info.references.items():
-            if needed > known.get(client, 0) and (
-                client not in clocks or needed > clocks[client][1]
-            ):
-                return True
-        return False
+        return info.needs_more_than(self._cached_clocks)
 
     def _apply_update(self, update: bytes, origin: object) -> bool:
         """Apply ``update`` to the document; ``False`` if that failed the room.

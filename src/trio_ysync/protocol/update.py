@@ -113,6 +113,22 @@ class UpdateInfo(NamedTuple):
         """Every client the update touches (with structs or deletions)."""
         return frozenset(self.clocks) | self.delete_clients
 
+    def needs_more_than(self, state_vector: Mapping[int, int]) -> bool:
+        """Whether applying the update to a document at ``state_vector`` would leave part of it
+        pending: some client's structs start after the document's last clock of that client,
+        or the update names clocks of other clients that neither the document nor the update
+        holds (its origins, parents and delete ranges)."""
+        clocks = self.clocks
+        for client, (start, _) in clocks.items():
+            if start > state_vector.get(client, 0):
+                return True
+        for client, needed in self.references.items():
+            if needed > state_vector.get(client, 0) and (
+                client not in clocks or needed > clocks[client][1]
+            ):
+                return True
+        return False
+
 
 # Struct info byte: the low five bits are the content ref, the high three flag what follows.
 _HAS_ORIGIN = 0x80

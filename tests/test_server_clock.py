@@ -11,7 +11,7 @@ from rawclient import RawClient
 from ydocs import insert_text
 
 from trio_ysync.bus import BusListener, LocalBus, RoomChannel
-from trio_ysync.doc import new_document
+from trio_ysync.doc import DocumentError, new_document
 from trio_ysync.protocol import (
     AwarenessEntry,
     AwarenessUpdate,
@@ -208,6 +208,22 @@ async def test_an_update_that_names_clocks_the_room_lacks_is_answered_likewise(
     await writer.send(SyncStep1(b"\x00"))
     assert isinstance(await writer.receive(), SyncStep2)
     assert room.document.get_text("t") == "aXb"
+
+
+async def test_a_submitted_update_that_builds_on_missing_changes_is_refused(
+    autojump_clock: trio.testing.MockClock, server: RoomServer
+) -> None:
+    # What the HTTP API's POST does: nobody to ask for the missing part, so it is refused.
+    doc = new_document(client_id=9)
+    insert_text(doc, 0, "ab")
+    first_edit = doc.state_vector()
+    insert_text(doc, 2, "cd")
+    async with server.open_room("posted") as room:
+        with pytest.raises(DocumentError, match="does not have"):
+            await room.submit(doc.diff(first_edit), "http")
+        assert room.document.get_text("t") == ""
+        await room.submit(doc.diff(), "http")
+        assert room.document.get_text("t") == "abcd"
 
 
 class AwarenessRecordingBus(LocalBus):

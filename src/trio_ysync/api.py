@@ -149,11 +149,11 @@ class DocumentAPI:
 
     async def _write(self, room: str, body: bytes, grant: Grant) -> HTTPResponse:
         try:
-            validate_update(body, self.server.message_limits.update)
+            info = validate_update(body, self.server.message_limits.update)
         except ProtocolError as exc:
             raise ProtocolError(f"not a valid Yjs update: {exc}") from exc
         async with self.server.open_room(room) as opened:
-            await opened.submit(body, grant.identity or "http")
+            await opened.submit(body, grant.identity or "http", info)
         return HTTPResponse(204)
 
 

@@ -655,7 +655,7 @@ class Room:
                 peer._told_read_only = True
                 self._unicast(peer, OutgoingMessage.of(PermissionDenied("read-only access")))
             return
-        if info is not None and self._leaves_a_gap(info):
+        if self._leaves_a_gap(update, info):
             # yrs would hold such structs as pending until the clocks before them arrive, and
             # pending structs are where a crafted sequence corrupted its memory
             # (tests/test_yrs_known_crash.py). An honest client sends a gap only in corner
@@ -666,8 +666,11 @@ class Room:
             return
         self._apply_update(update, peer)
 
-    def _leaves_a_gap(self, info: UpdateInfo) -> bool:
-        """Whether the update needs clocks that neither the room nor the update holds."""
+    def _leaves_a_gap(self, update: bytes, info: UpdateInfo | None) -> bool:
+        """Whether the update needs clocks that neither the room nor the update holds
+        (``info``: what validating it learnt; without it, it is validated here)."""
+        if info is None:
+            info = validate_update(update)
         if self._cached_clocks is None:
             self._cached_clocks = validate_state_vector(self.document.state_vector())
         return info.needs_more_than(self._cached_clocks)
@@ -694,18 +697,25 @@ class Room:
             return False
         return True
 
-    async def submit(self, update: bytes, origin: str) -> None:
+    async def submit(self, update: bytes, origin: str, info: UpdateInfo | None = None) -> None:
         """Apply a validated update from outside the room's peers (the HTTP API), as if a peer
         had sent it: it is committed and broadcast to every peer. Returns once it is committed.
 
         Args:
             update: a v1 update (validate it first: :func:`~trio_ysync.protocol.validate_update`).
             origin: who sent it, for hooks (an identity, or ``"http"``).
+            info: what :func:`~trio_ysync.protocol.validate_update` returned for it.
 
         Raises:
-            DocumentError: the document library refused the update.
+            DocumentError: the document library refused the update, or it needs changes the
+                room does not have (the same rule as for peers; there is no one to ask for
+                them, so it is refused).
             RoomClosedError: the room is not open, or failed.
         """
+        if self.accepting and self._leaves_a_gap(update, info):
+            raise DocumentError(
+                "the update builds on changes the room does not have: send them with it"
+            )
         if not self.accepting or not self._apply_update(update, origin):
             raise RoomClosedError(f"room {self.name!r} is not accepting updates")
         await self._flush()

@@ -135,6 +135,45 @@ async def test_a_room_without_grace_period_still_admits_its_first_peer(
             await client.stream.aclose()
 
 
+def count_tasks() -> int:
+    def below(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(below(child) for n in task.child_nurseries for child in n.child_tasks)
+
+    return below(trio.lowlevel.current_root_task())
+
+
+async def test_a_quiet_room_costs_no_task(
+    autojump_clock: trio.testing.MockClock, server: RoomServer, nursery: trio.Nursery
+) -> None:
+    # A loaded room works in its peers' tasks: ten more rooms with a peer each cost ten more
+    # tasks (the connections), and their commits come and go.
+    clients = [await open_client(server, nursery, "room-0")]
+    await trio.testing.wait_all_tasks_blocked()
+    one_room = count_tasks()
+    for number in range(1, 11):
+        client = await open_client(server, nursery, f"room-{number}")
+        doc = new_document()
+        insert_text(doc, 0, f"edit {number}")
+        await client.send(SyncUpdate(doc.diff()))
+        clients.append(client)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(server.rooms) == 11
+    assert count_tasks() == one_room + 10
+    # Each unloads by a timer once its peer has left, and flushes what it was sent.
+    for client in clients:
+        await client.stream.aclose()
+    rooms = list(server.rooms.values())
+    for room in rooms:
+        await room.closed.wait()
+    assert server.rooms == {}
+    for number in range(1, 11):
+        stored = await server.store.load(f"room-{number}")
+        doc = new_document()
+        for update in stored.updates:
+            doc.apply_update(update)
+        assert doc.get_text("t") == f"edit {number}"
+
+
 async def test_presence_changes_are_gathered_into_one_message_per_peer(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

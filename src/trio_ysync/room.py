@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -91,7 +91,7 @@ class RoomState(enum.Enum):
     CLOSED = "closed"
 
 
-# Any state but CLOSED may also go straight to CLOSED when the room's task is cancelled.
+# Any state but CLOSED may also go straight to CLOSED when its loading or unloading is cancelled.
 _TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
     RoomState.LOADING: frozenset(
         {RoomState.OPEN, RoomState.UNLOADING, RoomState.FAILED, RoomState.CLOSED}
@@ -126,6 +126,9 @@ class RoomEvents(Protocol):
     def sent(self, kind: str, receivers: int, size: int) -> None:
         """A message of ``kind`` and ``size`` bytes went to ``receivers`` peers."""
 
+    def closed(self, room: Room) -> None:
+        """The room has closed (unloaded, stopped or failed: see :attr:`Room.failure`)."""
+
 
 class _NoEvents:
     def loaded(self, room: Room, duration: float) -> None:
@@ -137,6 +140,9 @@ class _NoEvents:
         pass
 
     def sent(self, kind: str, receivers: int, size: int) -> None:
+        pass
+
+    def closed(self, room: Room) -> None:
         pass
 
 
@@ -213,6 +219,10 @@ class Room:
     Rooms are created and unloaded by :class:`~trio_ysync.server.RoomServer`; run one yourself
     with ``await nursery.start(room.run)``.
 
+    A loaded room has no task of its own: its work happens in its peers' tasks, and what it does
+    in the background (commits, compactions, unloading) runs in a nursery it is given, each task
+    only while it has work, so thousands of quiet rooms cost no tasks and no wakeups.
+
     Args:
         name: the room's name (the URL path).
         store: where updates are written ahead of their broadcast.
@@ -242,17 +252,20 @@ class Room:
     __slots__ = (
         "__weakref__",
         "_after_commit",
+        "_background",
+        "_background_idle",
         "_batch_base",
         "_cached_clocks",
         "_cached_step1",
         "_cached_step2",
         "_channel",
-        "_committed_idle",
         "_committing",
         "_compacting",
         "_expiry",
+        "_flushed",
         "_held_answers",
-        "_idle_changed",
+        "_idle_timeout",
+        "_idle_timer",
         "_log_bytes",
         "_log_entries",
         "_nursery",
@@ -334,9 +347,15 @@ class Room:
         self._batch_base = b"\x00"
         self._after_commit: list[Callable[[], None]] = []
         self._committing = False
-        self._committed_idle = trio.Event()
-        self._committed_idle.set()
+        # Set once nothing is left to commit; only made while someone waits for that.
+        self._flushed: trio.Event | None = None
+        # Where background work runs, once loaded; the cancel scope of each such task, and an
+        # event for whoever waits until they are all gone.
         self._nursery: trio.Nursery | None = None
+        self._background: set[trio.CancelScope] | None = None
+        self._background_idle: trio.Event | None = None
+        self._idle_timeout = math.inf
+        self._idle_timer: Timer | None = None
         self._own_timers = timers is None
         self._timers = Timers() if timers is None else timers
         self._expiry: Timer | None = None
@@ -362,7 +381,6 @@ class Room:
         self.closed = trio.Event()
         #: Why the room failed, if it did.
         self.failure: BaseException | None = None
-        self._idle_changed = trio.Event()
         self._reservations = 0
         self._unobserve = self.document.observe(self._on_document_update)
 
@@ -377,7 +395,6 @@ class Room:
         if state not in _TRANSITIONS[self._state]:
             raise RuntimeError(f"room {self.name!r}: {self._state.value} -> {state.value}")
         self._state = state
-        self._idle_changed.set()
 
     @property
     def accepting(self) -> bool:
@@ -390,47 +407,93 @@ class Room:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Load the stored document, then serve peers until the room has been without peers
-        for ``idle_timeout`` seconds, :meth:`stop` is called or the room fails; flush the store
-        on the way out (unless it failed).
+        """:meth:`open` the room in a nursery of its own and return once it has closed: it has
+        been without peers for ``idle_timeout`` seconds, :meth:`stop` was called or it failed.
+
+        Raises:
+            StoreError, BusError: loading failed (the room is closed).
         """
+        async with trio.open_nursery() as nursery:
+            if self._own_timers:
+                await nursery.start(self._timers.run)
+            await self.open(nursery, idle_timeout)
+            task_status.started()
+            await self.closed.wait()
+            nursery.cancel_scope.cancel()  # the room's own timers
+
+    async def open(self, nursery: trio.Nursery, idle_timeout: float = math.inf) -> None:
+        """Load the stored document and open the room to peers; from then on the room's
+        background work (commits, compactions, unloading) runs in ``nursery``. The room unloads
+        (flushing the store) once it has been without peers for ``idle_timeout`` seconds, or
+        when :meth:`stop` is called; it closes every peer when it fails. :attr:`closed` is set
+        once it is done.
+
+        Raises:
+            StoreError, BusError: loading failed (the room is closed).
+        """
+        self._idle_timeout = idle_timeout
         try:
             started = trio.current_time()
             await self._load()
             self.events.loaded(self, trio.current_time() - started)
-            if self._state is not RoomState.LOADING:
-                task_status.started()
-                return  # stopped while loading
-            self._enter(RoomState.OPEN)
-            self.ready.set()
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                # Commits and compactions run here, each only while it has work.
-                self._nursery = nursery
-                if self._own_timers:
-                    await nursery.start(self._timers.run)
-                await self._wait_until_idle(idle_timeout)
-                if self.state is RoomState.OPEN:
-                    self._enter(RoomState.UNLOADING)
-                    await self._flush()
-                nursery.cancel_scope.cancel()
-            if self.state is RoomState.UNLOADING:
-                await self._compact_on_unload()
         except BaseException as exc:
             if not must_propagate(exc):
                 storage = isinstance(exc, StoreError | BusError)
                 self._fail(exc, "storage failure" if storage else "room failed")
+            with trio.CancelScope(shield=True):
+                await self._finish()
             raise
-        finally:
-            try:
-                await self._detach()
-            finally:
-                self._release()
+        self._nursery = nursery
+        if self._state is not RoomState.LOADING:
+            nursery.start_soon(self._unload)  # stopped while loading
+            return
+        self._enter(RoomState.OPEN)
+        self.ready.set()
+        self._watch_idle()
 
     def stop(self) -> None:
-        """Unload now: stop accepting peers, flush the store and return from :meth:`run`."""
-        if self._state in (RoomState.LOADING, RoomState.OPEN):
+        """Unload soon: stop accepting peers, flush the store, then close."""
+        if self._state is RoomState.LOADING:
+            self._enter(RoomState.UNLOADING)  # open() unloads once loaded
+        elif self._state is RoomState.OPEN:
             self._enter(RoomState.UNLOADING)
+            self._start_unload()
+
+    def _start_unload(self) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._unload)
+
+    async def _unload(self) -> None:
+        """Flush and compact (unless the room failed), then close."""
+        try:
+            if self._state is RoomState.UNLOADING:
+                await self._flush()
+            await self._stop_background()
+            if self._state is RoomState.UNLOADING:
+                await self._compact_on_unload()
+        except BaseException as exc:
+            if not must_propagate(exc):
+                self._log_failure(exc)
+                storage = isinstance(exc, StoreError | BusError)
+                self._fail(exc, "storage failure" if storage else "room failed")
+            else:
+                raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _finish(self) -> None:
+        try:
+            await self._detach()
+        finally:
+            self._release()
+            self.events.closed(self)
+
+    def _log_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, StoreError | BusError):
+            logger.error("room %r: store failure: %s", self.name, exc)
+        else:
+            logger.error("room %r failed", self.name, exc_info=exc)
 
     def _release(self) -> None:
         # Nothing may keep the room alive once it is done: the document's observer (held by
@@ -445,11 +508,12 @@ class Room:
         self._uncommitted_origins.clear()
         self._after_commit.clear()
         self._nursery = None
-        for timer in (self._expiry, self._presence_timer):
+        for timer in (self._expiry, self._presence_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
         self._unobserve()
         self.document.close()
+        self._set_flushed()
         self.ready.set()
         self.closed.set()
 
@@ -463,22 +527,63 @@ class Room:
         """
         if self._state in (RoomState.FAILED, RoomState.CLOSED):
             return
+        unloading = self._state is RoomState.UNLOADING
         self._enter(RoomState.FAILED)
         self.failure = exc
         self._uncommitted.clear()
         self._uncommitted_origins.clear()
         self._after_commit.clear()
         self._held_answers = None
-        self._committed_idle.set()
+        self._set_flushed()
         code: int = CloseCode.INTERNAL_ERROR
         if isinstance(exc, YSyncError) and not exc.peer_fault:
             code = exc.close_code
         for peer in tuple(self.peers):
             peer.close(code, reason)
+        if not unloading:  # an unload under way closes the room itself
+            self._start_unload()
 
     def _fail_on_bug(self, exc: BaseException, what: str) -> None:
         logger.error("room %r failed while %s", self.name, what, exc_info=exc)
         self._fail(exc, "internal error")
+
+    # -- background work -----------------------------------------------------------------
+
+    def _spawn(self, work: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``work`` in the room's nursery; an error in it fails the room, never the nursery."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_background, work, what)
+
+    async def _run_background(self, work: Callable[[], Awaitable[None]], what: str) -> None:
+        with trio.CancelScope() as scope:
+            if self._background is None:
+                self._background = set()
+            self._background.add(scope)
+            try:
+                await work()
+            except BaseException as exc:
+                if must_propagate(exc):
+                    raise
+                self._fail_on_bug(exc, what)
+            finally:
+                self._background.discard(scope)
+                if not self._background:
+                    self._background = None
+                    if self._background_idle is not None:
+                        self._background_idle.set()
+
+    async def _stop_background(self) -> None:
+        """Cancel the room's background work and wait until it is gone."""
+        if not self._background:
+            return
+        self._background_idle = trio.Event()
+        for scope in self._background:
+            scope.cancel()
+        with trio.CancelScope(shield=True):  # the work ends at its next checkpoint
+            await self._background_idle.wait()
+        self._background_idle = None
+
+    # -- peers on their way in and out ---------------------------------------------------
 
     def reserve(self) -> None:
         """Keep the room loaded while a peer is on its way in, from before it is loaded until
@@ -490,27 +595,36 @@ class Room:
         if self._state not in (RoomState.LOADING, RoomState.OPEN):
             raise RoomClosedError(f"room {self.name!r} is not accepting peers")
         self._reservations += 1
+        self._cancel_idle()
 
     def unreserve(self) -> None:
         """Release a :meth:`reserve`."""
         self._reservations -= 1
-        self._idle_changed.set()
+        self._watch_idle()
 
     @property
     def _in_use(self) -> bool:
         return bool(self.peers or self._reservations)
 
-    async def _wait_until_idle(self, idle_timeout: float) -> None:
-        while self._state is RoomState.OPEN:
-            self._idle_changed = trio.Event()
-            if self._in_use:
-                await self._idle_changed.wait()
-                continue
-            with trio.move_on_after(idle_timeout):
-                await self._idle_changed.wait()
-                continue
-            if not self._in_use:
-                return
+    def _watch_idle(self) -> None:
+        # Unused from now on: unload after the idle timeout (a timer, not a task).
+        if (
+            self._idle_timer is None
+            and self._state is RoomState.OPEN
+            and not self._in_use
+            and math.isfinite(self._idle_timeout)
+        ):
+            self._idle_timer = self._timers.call_later(self._idle_timeout, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self._in_use:
+            self.stop()
 
     async def _load(self) -> None:
         channel = self._channel = await self.bus.attach(self.name, self)
@@ -596,7 +710,7 @@ class Room:
             raise RoomClosedError(f"room {self.name!r} failed") from exc
         peer = Peer(connection, read_only=read_only, presence=presence, identity=identity)
         self.peers.add(peer)
-        self._idle_changed.set()
+        self._cancel_idle()
         for message in greeting:
             self._unicast(peer, message)
         return peer
@@ -608,7 +722,7 @@ class Room:
         """
         self.peers.discard(peer)
         self._receivers.discard(peer)
-        self._idle_changed.set()
+        self._watch_idle()
         change = self.awareness.remove_controlled_by(peer, trio.current_time())
         if change:
             self._share_awareness(change)
@@ -927,7 +1041,7 @@ class Room:
         """The bus may have missed updates: load again and apply what the document lacks."""
         if self._state is RoomState.OPEN and self._nursery is not None:
             self._held_answers = []
-            self._nursery.start_soon(self._catch_up)
+            self._spawn(self._catch_up, "catching up")
 
     async def _catch_up(self) -> None:
         assert self._channel is not None, "a loaded room is attached"
@@ -947,11 +1061,9 @@ class Room:
     # -- store ---------------------------------------------------------------------------
 
     def _request_commit(self) -> None:
-        if self._committed_idle.is_set():
-            self._committed_idle = trio.Event()
         if not self._committing and self._nursery is not None:
             self._committing = True
-            self._nursery.start_soon(self._commit_queued)
+            self._spawn(self._commit_queued, "committing")
 
     async def _commit_queued(self) -> None:
         # Commits whatever was queued, in batches, until nothing is left; started again by the
@@ -975,11 +1087,11 @@ class Room:
                 if not self._compacting and self._compaction_due() and self._nursery is not None:
                     # In the background: commits go on while the log is merged.
                     self._compacting = True
-                    self._nursery.start_soon(self._compact)
+                    self._spawn(self._compact, "compacting")
         finally:
             self._committing = False
             if not self._uncommitted:
-                self._committed_idle.set()
+                self._set_flushed()
 
     def _document_sound(self) -> bool:
         # Some updates apply cleanly and only make a later encoding fail. Encoding what the
@@ -1057,9 +1169,19 @@ class Room:
         self._snapshot_bytes = len(snapshot)
 
     async def _flush(self) -> None:
-        if self._uncommitted or self._after_commit:
-            self._request_commit()
-        await self._committed_idle.wait()
+        """Return once everything applied so far is committed (or the room failed)."""
+        if not (self._uncommitted or self._after_commit or self._committing):
+            return
+        if self._flushed is None:
+            self._flushed = trio.Event()
+        flushed = self._flushed
+        self._request_commit()
+        await flushed.wait()
+
+    def _set_flushed(self) -> None:
+        if self._flushed is not None:
+            self._flushed.set()
+            self._flushed = None
 
     async def _compact_on_unload(self) -> None:
         if self._log_entries > 1:

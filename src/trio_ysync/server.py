@@ -1,4 +1,4 @@
-"""The room server: y-websocket rooms over WebSocket, one nursery per room.
+"""The room server: y-websocket rooms over WebSocket, in one nursery for every room's work.
 
 .. code-block:: python
 
@@ -10,6 +10,8 @@ Every transport (the built-in wsproto server here, trio-websocket and ASGI in
 path that opens the room, runs the peer and maps every error to the close code that says whose
 fault it was. One connection's errors close only that connection. Rooms are loaded on the first
 connection to their path and unloaded after the last peer has left and a grace period has passed.
+A loaded room has no task of its own (see :class:`~trio_ysync.room.Room`): its commits,
+compactions and unloading run in the server's nursery while they have work.
 """
 
 from __future__ import annotations
@@ -582,7 +584,7 @@ class RoomServer:
                     echo_updates=self.echo_updates,
                 )
                 self._rooms[name] = room
-                self._rooms_nursery.start_soon(self._run_room, room)
+                self._rooms_nursery.start_soon(self._open_room, room, self._rooms_nursery)
             if room.state in (RoomState.LOADING, RoomState.OPEN):
                 # Reserved before it is ready, so it cannot unload between its load and us.
                 room.reserve()
@@ -599,24 +601,27 @@ class RoomServer:
             # The room is unloading or failed: wait until it is gone, then load it afresh.
             await room.closed.wait()
 
-    async def _run_room(self, room: Room) -> None:
+    async def _open_room(self, room: Room, nursery: trio.Nursery) -> None:
+        # The room's task while it loads; once open it has none (see Room), and tells
+        # _RoomEvents.closed when it is gone.
         logger.info("room %r: loading", room.name)
         try:
-            await room.run(self.room_grace_period)
+            await room.open(nursery, self.room_grace_period)
         except (StoreError, BusError) as exc:
             logger.error("room %r: store failure: %s", room.name, exc)
         except BaseException as exc:
             if must_propagate(exc):
                 raise
             logger.error("room %r failed", room.name, exc_info=exc)
-        finally:
-            if self._rooms.get(room.name) is room:
-                del self._rooms[room.name]
-            failed = room.failure is not None
-            if self._room_events.forget(room):
-                self.instruments.room_unloaded()
-                self.hooks.emit(RoomUnloaded(room.name, failed))
-            logger.info("room %r: %s", room.name, "failed" if failed else "unloaded")
+
+    def _room_closed(self, room: Room) -> None:
+        if self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+        failed = room.failure is not None
+        if self._room_events.forget(room):
+            self.instruments.room_unloaded()
+            self.hooks.emit(RoomUnloaded(room.name, failed))
+        logger.info("room %r: %s", room.name, "failed" if failed else "unloaded")
 
     async def delete_room(self, name: str) -> None:
         """Close the room's connections (4404, which y-websocket does not reconnect after),
@@ -676,6 +681,9 @@ class _RoomEvents:
 
     def sent(self, kind: str, receivers: int, size: int) -> None:
         self._server.instruments.messages_sent(kind, receivers, size)
+
+    def closed(self, room: Room) -> None:
+        self._server._room_closed(room)
 
 
 async def _discard(payload: bytes) -> None:

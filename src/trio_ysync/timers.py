@@ -127,6 +127,8 @@ class Timers:
                     callback()
                 except Exception:
                     logger.exception("a timer callback failed")
+                # While it waits, the task must not keep the last callback's object alive.
+                del timer, callback
             self._wakeup = trio.Event()
             with trio.move_on_at(self._heap[0][0] if self._heap else math.inf):
                 await self._wakeup.wait()

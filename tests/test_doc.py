@@ -157,3 +157,27 @@ def test_a_closed_pycrdt_document_is_freed_and_closing_twice_is_harmless() -> No
     del doc
     gc.collect()
     assert native() is None
+
+
+def test_an_empty_pycrdt_document_makes_its_native_document_when_first_written() -> None:
+    pytest.importorskip("pycrdt")
+    doc = new_document("pycrdt", client_id=7)
+    seen: list[tuple[bytes, object]] = []
+    doc.observe(lambda update, origin: seen.append((update, origin)))
+    # Reading an empty document needs no native document (what thousands of rooms cost).
+    assert doc.client_id == 7
+    assert doc.state_vector() == b"\x00"
+    assert doc.diff() == doc.diff(b"\x00") == b"\x00\x00"
+    assert doc.get_text("t") == ""
+    assert doc._doc is None
+    # A malformed state vector is refused as pycrdt refuses it.
+    with pytest.raises(DocumentError):
+        doc.diff(b"\x05\xff")
+    source = new_document("pycrdt", client_id=8)
+    insert_text(source, 0, "hello")
+    doc.apply_update(source.diff(), origin="peer")
+    assert doc._doc is not None
+    assert doc.client_id == doc.native.client_id == 7
+    assert doc.get_text("t") == "hello"
+    assert seen == [(source.diff(), "peer")]
+    assert doc.diff(b"\x00") == source.diff()

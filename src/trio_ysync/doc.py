@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from .errors import DocumentBrokenError, DocumentError
-from .protocol import EMPTY_UPDATE
+from .protocol import EMPTY_STATE_VECTOR, EMPTY_UPDATE, validate_state_vector
 
 __all__ = [
     "Backend",
@@ -236,38 +236,77 @@ class YPyDocument(Document):
 
 
 class PycrdtDocument(Document):
-    """A :class:`Document` over a ``pycrdt.Doc``."""
+    """A :class:`Document` over a ``pycrdt.Doc``.
 
-    __slots__ = ("_unobserve",)
+    Without a ``doc``, the ``pycrdt.Doc`` is made when it is first needed (an update to apply,
+    or :attr:`native`): until then the document is empty and costs a few hundred bytes instead
+    of some 5 KiB, which is what thousands of rooms that nobody has written to yet cost a server.
+    """
 
-    def __init__(self, doc: Any = None) -> None:
-        import pycrdt
+    __slots__ = ("_client_id", "_unobserve")
 
-        super().__init__(pycrdt.Doc() if doc is None else doc)
+    def __init__(self, doc: Any = None, *, client_id: int | None = None) -> None:
+        super().__init__(doc)
+        self._client_id = client_id
+        self._unobserve: Callable[[], Any] | None = None
+        if doc is not None:
+            self._observe_native()
+
+    def _native(self) -> Any:
+        if self._doc is None:
+            import pycrdt
+
+            self._doc = pycrdt.Doc(client_id=self._client_id)
+            self._observe_native()
+        return self._doc
+
+    def _observe_native(self) -> None:
         subscription = self._doc.observe(_native_observer(self, lambda event: event.update))
         # pycrdt's own observer wrapper holds the pycrdt.Doc, so an observed document is a
         # cycle through Rust that is never collected: unobserve on close(), or at the latest
         # when this adapter is freed.
-        self._unobserve = weakref.finalize(self, self._doc.unobserve, subscription)
-        self._unobserve.atexit = False
+        unobserve = weakref.finalize(self, self._doc.unobserve, subscription)
+        unobserve.atexit = False
+        self._unobserve = unobserve
+
+    @property
+    def native(self) -> Any:
+        """The wrapped ``pycrdt.Doc`` (made now if it was not yet)."""
+        return self._native()
+
+    @property
+    def client_id(self) -> int:
+        """The document's own client ID."""
+        if self._doc is None and self._client_id is not None:
+            return self._client_id
+        return int(self._native().client_id)
 
     def close(self) -> None:
         super().close()
-        self._unobserve()
+        if self._unobserve is not None:
+            self._unobserve()
 
     def _state_vector(self) -> bytes:
+        if self._doc is None:
+            return EMPTY_STATE_VECTOR
         return bytes(self._doc.get_state())
 
     def _diff(self, state_vector: bytes | None) -> bytes:
+        if self._doc is None:
+            if state_vector is not None:
+                validate_state_vector(state_vector)  # refused as pycrdt would refuse it
+            return EMPTY_UPDATE
         return bytes(self._doc.get_update(state_vector))
 
     def _get_text(self, name: str) -> str:
+        if self._doc is None:
+            return ""
         import pycrdt
 
         return str(self._doc.get(name, type=pycrdt.Text))
 
     def _apply(self, update: bytes) -> None:
-        self._doc.apply_update(update)
+        self._native().apply_update(update)
 
 
 def document_json(update: bytes) -> dict[str, Any]:
@@ -333,9 +372,7 @@ def new_document(backend: Backend | None = None, client_id: int | None = None) -
     if client_id is None:
         client_id = secrets.randbits(32)
     if backend == "pycrdt":
-        import pycrdt
-
-        return PycrdtDocument(pycrdt.Doc(client_id=client_id))
+        return PycrdtDocument(client_id=client_id)
     if backend == "y-py":
         import y_py
 

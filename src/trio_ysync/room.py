@@ -40,6 +40,7 @@ from .errors import (
     YSyncError,
 )
 from .protocol import (
+    EMPTY_STATE_VECTOR,
     EMPTY_UPDATE,
     Awareness,
     AwarenessChange,
@@ -70,9 +71,6 @@ logger = logging.getLogger("trio_ysync.room")
 #: How many awareness client IDs one connection may speak for (a y-websocket client has one).
 MAX_AWARENESS_CLIENTS_PER_PEER = 16
 
-
-#: A state vector with no clients: what a peer holding nothing sends.
-EMPTY_STATE_VECTOR = b"\x00"
 _EMPTY_STEP1 = encode(SyncStep1(EMPTY_STATE_VECTOR))
 
 

@@ -32,6 +32,7 @@ from .messages import (
 from .sync import SyncDocument, SyncSession
 from .update import (
     DEFAULT_UPDATE_LIMITS,
+    EMPTY_STATE_VECTOR,
     EMPTY_UPDATE,
     MAX_CLOCK,
     UpdateInfo,
@@ -43,6 +44,7 @@ from .update import (
 __all__ = [
     "DEFAULT_MESSAGE_LIMITS",
     "DEFAULT_UPDATE_LIMITS",
+    "EMPTY_STATE_VECTOR",
     "EMPTY_UPDATE",
     "MAX_CLOCK",
     "MAX_SAFE_INTEGER",

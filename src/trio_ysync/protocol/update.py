@@ -34,6 +34,7 @@ from .lib0 import ProtocolError, read_var_uint
 
 __all__ = [
     "DEFAULT_UPDATE_LIMITS",
+    "EMPTY_STATE_VECTOR",
     "EMPTY_UPDATE",
     "MAX_CLOCK",
     "UpdateInfo",
@@ -44,6 +45,9 @@ __all__ = [
 
 #: The update that changes nothing (no structs, no deletes), as every library encodes it.
 EMPTY_UPDATE = b"\x00\x00"
+
+#: The state vector of a document that holds nothing.
+EMPTY_STATE_VECTOR = b"\x00"
 
 #: The largest clock accepted. yrs stores clocks as ``u32``, but a struct at clock 2**31 or
 #: above, once the clocks before it arrive, makes yrs panic (found by fuzzing: it searches

@@ -20,6 +20,7 @@ from trio_ysync.protocol import (
     SyncUpdate,
     decode_awareness_update,
 )
+from trio_ysync.room import Room, RoomState
 from trio_ysync.server import RoomServer
 from trio_ysync.store import MemoryStore
 from trio_ysync.transport import CloseCode
@@ -313,3 +314,23 @@ async def test_updates_are_echoed_to_their_sender_when_asked(
         writer = await open_client(server, nursery, "echo")
         await writer.send(SyncUpdate(doc.diff()))
         assert await writer.receive() == SyncUpdate(doc.diff())
+
+
+async def test_a_room_runs_on_its_own_and_unloads_when_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    room = Room("alone", store)
+    doc = new_document()
+    insert_text(doc, 0, "kept")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(room.run, 5.0)
+        started = trio.current_time()
+        await room.submit(doc.diff(), "http")
+        await room.closed.wait()
+    assert trio.current_time() - started == pytest.approx(5.0)
+    assert room.state is RoomState.CLOSED and room.failure is None
+    stored = new_document()
+    for update in (await store.load("alone")).updates:
+        stored.apply_update(update)
+    assert stored.get_text("t") == "kept"

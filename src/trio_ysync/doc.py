@@ -306,6 +306,8 @@ class PycrdtDocument(Document):
         return str(self._doc.get(name, type=pycrdt.Text))
 
     def _apply(self, update: bytes) -> None:
+        if self._doc is None and update == EMPTY_UPDATE:
+            return  # what a y-websocket client with nothing sends on every connect
         self._native().apply_update(update)
 
 

@@ -464,8 +464,7 @@ class Room:
     async def _unload(self) -> None:
         """Flush and compact (unless the room failed), then close."""
         try:
-            if self._state is RoomState.UNLOADING:
-                await self._flush()
+            await self._flush()  # in a failed room: only the commit under way, if any
             await self._stop_background()
             if self._state is RoomState.UNLOADING:
                 await self._compact_on_unload()
@@ -1061,7 +1060,10 @@ class Room:
     def _request_commit(self) -> None:
         if not self._committing and self._nursery is not None:
             self._committing = True
-            self._spawn(self._commit_queued, "committing")
+            # Not one of the cancellable tasks (a commit is bounded by the store's and the
+            # bus's retries, and a room flushes before it closes): a task per burst of updates
+            # is what a busy room with a memory store spends most on, so it stays bare.
+            self._nursery.start_soon(self._commit_queued)
 
     async def _commit_queued(self) -> None:
         # Commits whatever was queued, in batches, until nothing is left; started again by the
@@ -1086,10 +1088,13 @@ class Room:
                     # In the background: commits go on while the log is merged.
                     self._compacting = True
                     self._spawn(self._compact, "compacting")
+        except BaseException as exc:
+            if must_propagate(exc):
+                raise
+            self._fail_on_bug(exc, "committing")
         finally:
             self._committing = False
-            if not self._uncommitted:
-                self._set_flushed()
+            self._set_flushed()
 
     def _document_sound(self) -> bool:
         # Some updates apply cleanly and only make a later encoding fail. Encoding what the
@@ -1167,14 +1172,15 @@ class Room:
         self._snapshot_bytes = len(snapshot)
 
     async def _flush(self) -> None:
-        """Return once everything applied so far is committed (or the room failed)."""
-        if not (self._uncommitted or self._after_commit or self._committing):
+        """Return once everything applied so far is committed and no commit is under way (or
+        the room failed)."""
+        if self._uncommitted or self._after_commit:
+            self._request_commit()
+        if not self._committing:
             return
         if self._flushed is None:
             self._flushed = trio.Event()
-        flushed = self._flushed
-        self._request_commit()
-        await flushed.wait()
+        await self._flushed.wait()
 
     def _set_flushed(self) -> None:
         if self._flushed is not None:

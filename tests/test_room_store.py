@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import trio
 import trio.testing
+from trio_websocket import ConnectionClosed
 from wsclient import connect
 from ydocs import delete_text, insert_text
 
@@ -197,3 +199,38 @@ async def test_a_memory_store_does_not_delay_broadcasts(nursery: trio.Nursery) -
             received = await reader.receive_until(SyncUpdate)
             assert text_of(received.update) == "now"  # type: ignore[union-attr]
             store.gate.set()
+
+
+class BuggyStore(MemoryStore):
+    """A store with a bug (not a StoreError) in the commits and compactions of one room."""
+
+    async def append(self, room: str, updates: Sequence[bytes]) -> int:
+        if room == "buggy":
+            raise RuntimeError("a bug in the store")
+        return await super().append(room, updates)
+
+    async def compact(self, room: str, update: bytes, through_seq: int) -> None:
+        if room == "buggy-compaction":
+            raise RuntimeError("a bug in compaction")
+        await super().compact(room, update, through_seq)
+
+
+async def test_a_bug_in_a_rooms_background_work_fails_that_room_only(
+    nursery: trio.Nursery,
+) -> None:
+    # A room's commits and compactions run in the server's nursery: a bug in them must close
+    # that room's peers (1011), never end the server or touch the other rooms.
+    port = await serve(nursery, BuggyStore(), compact_after_updates=2)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "fine") as bystander:
+            await bystander.join()
+            for room in ("buggy", "buggy-compaction"):
+                async with connect(port, room) as writer:
+                    await writer.join()
+                    with contextlib.suppress(ConnectionClosed):  # closed as it fails
+                        for number in range(5):
+                            await writer.send(SyncUpdate(update(f"{number}", 10 + number)))
+                    assert await writer.close_code() == CloseCode.INTERNAL_ERROR
+            await bystander.send(SyncUpdate(update("still here", 1)), SyncStep1(b"\x00"))
+            answer = await bystander.receive_until(SyncStep2)
+            assert text_of(answer.update) == "still here"  # type: ignore[union-attr]

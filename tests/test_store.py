@@ -38,6 +38,7 @@ from trio_ysync.store.admin import (
     export_room,
     import_room,
 )
+from trio_ysync.store.merge import with_pending
 
 StoreFactory = Callable[[], Store]
 StoreMaker = Callable[[Path], Store]
@@ -615,3 +616,37 @@ async def test_acknowledged_appends_survive_a_killed_process(
         stored = await store.load("room")
     assert stored.last_seq == 12
     assert text_of(stored.updates) == "acknowledged"
+
+
+def test_with_pending_adds_only_what_the_document_holds_back() -> None:
+    pytest.importorskip("pycrdt")
+    (first, second), _ = edits("pycrdt", ["abc", "def"])
+    whole = new_document("pycrdt")
+    for update in (first, second):
+        whole.apply_update(update)
+    # A log the document integrated whole: the snapshot is the answer, nothing to merge.
+    snapshot = whole.diff()
+    assert with_pending(snapshot, [first, second]) == snapshot
+    # A document that got only the second edit holds it back (pending): it must survive.
+    waiting = new_document("pycrdt")
+    waiting.apply_update(second)
+    kept = with_pending(waiting.diff(), [second])
+    assert text_of([kept], "pycrdt") == ""
+    assert text_of([first, kept], "pycrdt") == "abcdef"
+
+
+def test_with_pending_keeps_a_deletion_that_arrived_before_its_text() -> None:
+    pytest.importorskip("pycrdt")
+    writer = new_document("pycrdt", client_id=1)
+    insert_text(writer, 0, "abcdef")
+    typed = writer.diff()
+    before = writer.state_vector()
+    delete_text(writer, 1, 2)
+    deleted = writer.diff(before)
+    for log in ([deleted, typed], [deleted]):
+        doc = new_document("pycrdt")
+        for update in log:
+            doc.apply_update(update)
+        result = with_pending(doc.diff(), log)
+        assert text_of([result], "pycrdt") == text_of(log, "pycrdt")
+        assert text_of([result, typed], "pycrdt") == "adef"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..doc import Backend, contained, new_document
-from ..protocol import EMPTY_UPDATE, validate_update
+from ..protocol import EMPTY_UPDATE, validate_state_vector, validate_update
 
 __all__ = ["merge_updates", "with_pending"]
 
@@ -63,12 +63,30 @@ def with_pending(snapshot: bytes, updates: list[bytes]) -> bytes:
     import pycrdt
 
     def merge() -> bytes:
-        # Everything in the log that the document has not integrated: pending structs, and the
-        # whole delete set (which includes deletes of pending items).
-        state = pycrdt.get_state(snapshot)
-        rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*updates), state))
+        state = bytes(pycrdt.get_state(snapshot))
+        # An update whose structs and every clock it names are below the snapshot's state
+        # vector was integrated whole: it has nothing pending. Rooms apply no other kind, so
+        # usually nothing is left to merge. Checking is linear in the log; pycrdt's merge is
+        # not, and holds the GIL throughout (a log of 20,000 typed characters: 1.8 s in which
+        # the event loop stood still, against 76 ms of checking).
+        covered = validate_state_vector(state)
+        rest_of_log = [update for update in updates if _has_pending(update, covered)]
+        if not rest_of_log:
+            return snapshot
+        # Everything in those updates that the document has not integrated: pending structs,
+        # and the whole delete set (which includes deletes of pending items).
+        rest = bytes(pycrdt.get_update(pycrdt.merge_updates(*rest_of_log), state))
         if rest == EMPTY_UPDATE:
             return snapshot
         return bytes(pycrdt.merge_updates(snapshot, rest))
 
     return contained("merging updates", merge)
+
+
+def _has_pending(update: bytes, state_vector: Mapping[int, int]) -> bool:
+    """Whether a document at ``state_vector`` may hold part of ``update`` as pending."""
+    info = validate_update(update)
+    for client, (_, end) in info.clocks.items():
+        if end > state_vector.get(client, 0):
+            return True
+    return any(needed > state_vector.get(client, 0) for client, needed in info.references.items())

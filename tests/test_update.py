@@ -272,6 +272,11 @@ def test_a_small_valid_update_and_what_is_learnt() -> None:
     assert validate_update(b"\x00\x00") == UpdateInfo(2, 0, {}, 0, frozenset())
     assert validate_update(b"\x00\x00").is_empty
     assert validate_update(bytearray(data)) == info
+    # A document holds all of it once it has every struct and every clock the update names.
+    holder = {300: 5, 5: 21, 6: 2, 9: 7}
+    assert info.held_by(holder)
+    for client in holder:
+        assert not info.held_by({**holder, client: holder[client] - 1})
 
 
 def test_brackets_inside_json_strings_do_not_count() -> None:

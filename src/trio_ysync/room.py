@@ -436,8 +436,7 @@ class Room:
             self.events.loaded(self, trio.current_time() - started)
         except BaseException as exc:
             if not must_propagate(exc):
-                storage = isinstance(exc, StoreError | BusError)
-                self._fail(exc, "storage failure" if storage else "room failed")
+                self._fail_on_error(exc)
             with trio.CancelScope(shield=True):
                 await self._finish()
             raise
@@ -469,12 +468,9 @@ class Room:
             if self._state is RoomState.UNLOADING:
                 await self._compact_on_unload()
         except BaseException as exc:
-            if not must_propagate(exc):
-                self._log_failure(exc)
-                storage = isinstance(exc, StoreError | BusError)
-                self._fail(exc, "storage failure" if storage else "room failed")
-            else:
+            if must_propagate(exc):
                 raise
+            self._fail_on_error(exc)
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
@@ -486,11 +482,15 @@ class Room:
             self._release()
             self.events.closed(self)
 
-    def _log_failure(self, exc: BaseException) -> None:
+    def _fail_on_error(self, exc: BaseException) -> None:
+        """Log and fail for an error out of loading or unloading: the store's or the bus's
+        (one line), or ours (with its traceback)."""
         if isinstance(exc, StoreError | BusError):
             logger.error("room %r: store failure: %s", self.name, exc)
+            self._fail(exc, "storage failure")
         else:
             logger.error("room %r failed", self.name, exc_info=exc)
+            self._fail(exc, "room failed")
 
     def _release(self) -> None:
         # Nothing may keep the room alive once it is done: the document's observer (held by

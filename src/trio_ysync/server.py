@@ -32,7 +32,7 @@ import trio
 from .accept import accept_forever, plain_socket
 from .api import DocumentAPI
 from .auth import Authorize, Grant, Unauthorized, allow_everyone
-from .bus import BusError, LocalBus, RoomBus
+from .bus import LocalBus, RoomBus
 from .connection import (
     Connection,
     HTTPRequest,
@@ -63,7 +63,7 @@ from .protocol import (
     message_kind,
 )
 from .room import DEFAULT_PRESENCE_INTERVAL, Peer, Room, RoomState
-from .store import MemoryStore, Store, StoreError
+from .store import MemoryStore, Store
 from .timers import Timers
 from .transport import DEFAULT_MAX_FRAGMENTS, ServerWebSocket, WsprotoPendingConnection
 
@@ -607,12 +607,10 @@ class RoomServer:
         logger.info("room %r: loading", room.name)
         try:
             await room.open(nursery, self.room_grace_period)
-        except (StoreError, BusError) as exc:
-            logger.error("room %r: store failure: %s", room.name, exc)
         except BaseException as exc:
             if must_propagate(exc):
                 raise
-            logger.error("room %r failed", room.name, exc_info=exc)
+            # The room has logged it and closed; its joiners are told by _reserve_room.
 
     def _room_closed(self, room: Room) -> None:
         if self._rooms.get(room.name) is room:

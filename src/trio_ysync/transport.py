@@ -75,9 +75,9 @@ logger = logging.getLogger("trio_ysync.transport")
 # while a large message is streaming in.
 _MIN_READ_SIZE = 4096
 _MAX_READ_SIZE = 65536
-# Reads from a socket go into one buffer per event loop and are copied out at their size, so a
-# read leaves no shrunk block behind in the C heap at all (a 4 KiB request for a 100-byte message
-# still did: the rest of the block went back to the heap between long-lived allocations).
+# Reads from a socket go into one buffer per event loop and are copied out at their size, so
+# they leave no shrunk block behind at all and need no adapting size (the sizes above are for
+# streams that are not plain sockets).
 _READ_BUFFER: trio.lowlevel.RunVar[memoryview] = trio.lowlevel.RunVar("trio_ysync.read_buffer")
 
 
@@ -513,11 +513,9 @@ class ServerWebSocket(QueuedConnection):
 
     async def _receive(self) -> bytes | bytearray:
         """Read what has arrived, asking for more only while reads come back full."""
-        sock = self._sock
-        if sock is None:
-            data = await self.stream.receive_some(self._read_size)
-        else:
-            data = await self._receive_from(sock)
+        if self._sock is not None:
+            return await self._receive_from(self._sock)
+        data = await self.stream.receive_some(self._read_size)
         if len(data) == self._read_size:
             self._read_size = min(self._read_size * 2, _MAX_READ_SIZE)
         else:
@@ -530,7 +528,7 @@ class ServerWebSocket(QueuedConnection):
         # The buffer is shared: copy out before the next checkpoint.
         buffer = _read_buffer()
         try:
-            size = sock.recv_into(buffer, self._read_size)
+            size = sock.recv_into(buffer)
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -544,7 +542,7 @@ class ServerWebSocket(QueuedConnection):
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                size = sock.recv_into(buffer, self._read_size)
+                size = sock.recv_into(buffer)
             except BlockingIOError:
                 continue
             except OSError:

@@ -117,6 +117,17 @@ class UpdateInfo(NamedTuple):
         """Every client the update touches (with structs or deletions)."""
         return frozenset(self.clocks) | self.delete_clients
 
+    def held_by(self, state_vector: Mapping[int, int]) -> bool:
+        """Whether a document at ``state_vector`` holds all of the update: its structs, and
+        every clock it names (origins, parents, delete ranges), so none of it can be pending
+        there."""
+        for client, (_, end) in self.clocks.items():
+            if end > state_vector.get(client, 0):
+                return False
+        return all(
+            needed <= state_vector.get(client, 0) for client, needed in self.references.items()
+        )
+
     def needs_more_than(self, state_vector: Mapping[int, int]) -> bool:
         """Whether applying the update to a document at ``state_vector`` would leave part of it
         pending: some client's structs start after the document's last clock of that client,

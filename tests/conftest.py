@@ -7,6 +7,7 @@ import pytest
 from redisserver import shared_redis_server
 
 from trio_ysync.doc import Backend, Document, new_document
+from trio_ysync.transport import ServerWebSocket
 
 BACKENDS: list[Backend] = [
     backend
@@ -36,3 +37,18 @@ def redis_url() -> Iterator[str]:
     """The URL of a redis-server shared by the session (tests keep apart by key prefix)."""
     with shared_redis_server() as url:
         yield url
+
+
+@pytest.fixture
+def server_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the writes the server's WebSocket connections hand their sockets at once
+    (as they happen; clear it to count from a point on)."""
+    writes: list[int] = []
+    write_now = ServerWebSocket._write_now
+
+    def counting_write_now(self: ServerWebSocket, data: bytes) -> bytes:
+        writes.append(len(data))
+        return write_now(self, data)
+
+    monkeypatch.setattr(ServerWebSocket, "_write_now", counting_write_now)
+    return writes

@@ -97,6 +97,31 @@ async def test_updates_are_broadcast_only_after_their_commit_and_batched(
     assert [len(batch) for batch in store.batches] == [1, 2]
 
 
+async def test_a_commit_batch_reaches_each_receiver_in_one_write(
+    nursery: trio.Nursery, server_writes: list[int]
+) -> None:
+    store = GatedStore()
+    port = await serve(nursery, store)
+    with trio.fail_after(TIMEOUT):
+        async with connect(port, "batch") as writer, connect(port, "batch") as reader:
+            await writer.join()
+            await reader.join()
+            store.gate = trio.Event()
+            await writer.send(SyncUpdate(update("a", 1)))
+            await trio.testing.wait_all_tasks_blocked(0.05)  # its commit waits at the gate
+            for client_id, text in enumerate("bcd", 2):
+                await writer.send(SyncUpdate(update(text, client_id)))
+            await writer.send(QueryAwareness())
+            await writer.receive()  # the server has handled everything we sent
+            server_writes.clear()
+            store.gate.set()
+            received = [await reader.receive_until(SyncUpdate) for _ in range(4)]
+            assert sorted(text_of(*(m.update for m in received))) == ["a", "b", "c", "d"]  # type: ignore[union-attr]
+    assert [len(batch) for batch in store.batches] == [1, 3]
+    # The reader got the first commit's update in one write and the next three in one more.
+    assert len(server_writes) == 2, server_writes
+
+
 async def test_peers_wait_for_the_stored_document_before_anything_is_answered(
     nursery: trio.Nursery,
 ) -> None:

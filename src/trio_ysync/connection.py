@@ -13,7 +13,9 @@ import logging
 import re
 import struct
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qs, unquote
@@ -41,6 +43,7 @@ __all__ = [
     "close_reason",
     "describe_address",
     "encode_frame",
+    "gathering_sends",
     "must_propagate",
     "room_from_path",
 ]
@@ -320,6 +323,44 @@ class OutgoingBuffer:
 # -- the plumbing every transport shares ---------------------------------------------------------
 
 
+class _SendGathering:
+    """The connections whose messages wait for the end of one read's work (see
+    :func:`gathering_sends`)."""
+
+    __slots__ = ("connections", "open")
+
+    def __init__(self) -> None:
+        self.connections: list[QueuedConnection] = []
+        self.open = True
+
+
+_gathering: ContextVar[_SendGathering | None] = ContextVar("trio_ysync_gathering", default=None)
+
+
+@contextmanager
+def gathering_sends() -> Iterator[None]:
+    """Within the block, messages sent by this task to a :class:`QueuedConnection` that could
+    take them at once wait, and each connection writes what it gathered in one go when the
+    block ends.
+
+    A reader wraps the work of one read in it: the updates that arrived together then reach
+    each receiver in one write instead of one write each (a system call per receiver and
+    message was most of a fan-out's time). Nothing waits for more than that work: the block
+    ends before the reader waits for the network again. Each connection's messages keep the
+    order they were sent in, whoever sends them meanwhile.
+    """
+    gathering = _SendGathering()
+    token = _gathering.set(gathering)
+    try:
+        yield
+    finally:
+        # Tasks started within the block inherit the variable; a closed gathering is ignored.
+        gathering.open = False
+        _gathering.reset(token)
+        for connection in gathering.connections:
+            connection._release_gathered()
+
+
 def must_propagate(exc: BaseException) -> bool:
     """Whether ``exc`` must go through a connection's or a room's error boundary: cancellation
     and the interpreter's own exits do; anything else (a bug of ours, or a native library's
@@ -367,6 +408,7 @@ class QueuedConnection(abc.ABC):
         "_bytes_queued",
         "_bytes_written",
         "_flushed",
+        "_gathered",
         "_nursery",
         "_outgoing",
         "_own_nursery",
@@ -401,6 +443,7 @@ class QueuedConnection(abc.ABC):
         self._writing = False
         self._writer_scope: trio.CancelScope | None = None
         self._flushed: trio.Event | None = None
+        self._gathered: list[bytes] | None = None
 
     # -- Connection ----------------------------------------------------------------------
 
@@ -430,16 +473,23 @@ class QueuedConnection(abc.ABC):
             return
         data = self._serialize(message)
         self._bytes_queued += len(data)
+        if self._gathered is not None:
+            self._gathered.append(data)
+            return
         if not self._writing and not self._outgoing.size:
-            data = self._write_now(data)
-        if data:
-            self._queue(data)
+            gathering = _gathering.get()
+            if gathering is not None and gathering.open:
+                self._gathered = [data]
+                gathering.connections.append(self)
+                return
+        self._write_or_queue(data)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start closing: what is queued is still sent, then the close, within
         ``close_timeout`` seconds."""
         if self.close_code is not None:
             return
+        self._release_gathered()
         reason = close_reason(reason)
         self.close_code = code
         self.close_reason = reason
@@ -488,6 +538,24 @@ class QueuedConnection(abc.ABC):
 
     # -- shared internals ----------------------------------------------------------------
 
+    def _release_gathered(self) -> None:
+        """Write or queue the messages gathered (see :func:`gathering_sends`)."""
+        gathered = self._gathered
+        if gathered is None:
+            return
+        self._gathered = None
+        self._write_or_queue(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def _write_or_queue(self, data: bytes) -> None:
+        """Write ``data`` at once if nothing waits before it and the socket takes it; queue
+        what it does not take."""
+        if not self._writing and not self._outgoing.size:
+            rest = self._write_now(data)
+            self._bytes_written += len(data) - len(rest)
+            data = rest
+        if data:
+            self._queue(data)
+
     def _queue(self, data: bytes) -> None:
         """Queue bytes for the writer (a message, or a control frame)."""
         if self._outgoing.put(data):
@@ -505,6 +573,7 @@ class QueuedConnection(abc.ABC):
         """The network is gone or going: nothing queued can be delivered any more."""
         if self.close_code is None:
             self.close_code = code
+        self._gathered = None
         self._outgoing.clear()
         self._outgoing.close()
 

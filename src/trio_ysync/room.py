@@ -29,7 +29,7 @@ from typing import Protocol
 import trio
 
 from .bus import BusError, LocalBus, RoomBus, RoomChannel
-from .connection import Connection, OutgoingMessage, must_propagate
+from .connection import Connection, OutgoingMessage, gathering_sends, must_propagate
 from .doc import Backend, Document, DocumentError, UpdateCallback, new_document
 from .errors import (
     CloseCode,
@@ -1079,8 +1079,9 @@ class Room:
                         return
                     self.events.committed(self, updates, origins, trio.current_time() - started)
                 try:
-                    for action in actions:
-                        action()
+                    with gathering_sends():  # one write per receiver for the whole batch
+                        for action in actions:
+                            action()
                 except Exception as exc:
                     self._fail_on_bug(exc, "acting on a commit")
                     return

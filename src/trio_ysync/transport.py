@@ -42,6 +42,7 @@ from .connection import (
     QueuedConnection,
     describe_address,
     encode_frame,
+    gathering_sends,
 )
 from .errors import (
     CloseCode,
@@ -413,7 +414,6 @@ class ServerWebSocket(QueuedConnection):
         except OSError:
             # Would block, or the connection broke: the writer task meets either.
             return data
-        self._bytes_written += written
         return data[written:]
 
     def _queue_control(self, frame: bytes) -> None:
@@ -483,33 +483,43 @@ class ServerWebSocket(QueuedConnection):
                     await self._discard_input()
                     return
             frames.receive_data(bytes(data))
-            for count, event in enumerate(frames.events(), 1):
-                if not count % _EVENTS_PER_CHECKPOINT:
-                    # One read can hold thousands of tiny frames: let other connections in.
-                    await trio.lowlevel.checkpoint()
-                if isinstance(event, BytesMessage):
-                    if self.close_code is not None:
-                        continue
-                    parts.append(event.data)
-                    if event.message_finished:
-                        message = parts[0] if len(parts) == 1 else b"".join(parts)
-                        parts = []
-                        await on_message(bytes(message))
-                elif isinstance(event, Ping):
-                    if self.close_code is None:
-                        self._queue_control(frames.send(event.response()))
-                elif isinstance(event, Pong):
-                    self._awaiting_pong = False
-                elif isinstance(event, CloseConnection):
-                    if frames.state is ConnectionState.OPEN:
-                        # wsproto could not parse a frame: it reports that as a close event.
-                        self._refuse_input(FrameError(event.reason or "invalid frame"))
-                        return
-                    self._on_close(event)
-                elif isinstance(event, TextMessage) and self.close_code is None:
-                    self._refuse_input(UnsupportedMessageError("text messages are not supported"))
+            # What one read brought is answered and relayed in one write per receiver.
+            with gathering_sends():
+                if not await self._dispatch(frames, parts, on_message):
+                    return
             if frames.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
+
+    async def _dispatch(
+        self, frames: WSConnection, parts: list[bytes | bytearray], on_message: MessageHandler
+    ) -> bool:
+        """Act on the events of what was read; ``False`` once reading must stop."""
+        for count, event in enumerate(frames.events(), 1):
+            if not count % _EVENTS_PER_CHECKPOINT:
+                # One read can hold thousands of tiny frames: let other connections in.
+                await trio.lowlevel.checkpoint()
+            if isinstance(event, BytesMessage):
+                if self.close_code is not None:
+                    continue
+                parts.append(event.data)
+                if event.message_finished:
+                    message = parts[0] if len(parts) == 1 else b"".join(parts)
+                    parts.clear()
+                    await on_message(bytes(message))
+            elif isinstance(event, Ping):
+                if self.close_code is None:
+                    self._queue_control(frames.send(event.response()))
+            elif isinstance(event, Pong):
+                self._awaiting_pong = False
+            elif isinstance(event, CloseConnection):
+                if frames.state is ConnectionState.OPEN:
+                    # wsproto could not parse a frame: it reports that as a close event.
+                    self._refuse_input(FrameError(event.reason or "invalid frame"))
+                    return False
+                self._on_close(event)
+            elif isinstance(event, TextMessage) and self.close_code is None:
+                self._refuse_input(UnsupportedMessageError("text messages are not supported"))
+        return True
 
     async def _receive(self) -> bytes | bytearray:
         """Read what has arrived, asking for more only while reads come back full."""

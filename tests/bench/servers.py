@@ -90,6 +90,11 @@ def _trio_ysync(store: str, *options: str, src: Path | None = None) -> Callable[
             "{port}",
             "--store",
             spec,
+            # The load generator's writers are machines: at saturation each sends a few
+            # thousand updates a second, past the default limit meant for people typing. The
+            # limiter still runs (and costs what it costs); it just does not cut them off.
+            "--max-messages-per-second",
+            "100000",
             *options,
         ]
 

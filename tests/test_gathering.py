@@ -213,3 +213,27 @@ async def test_updates_that_arrive_together_reach_a_receiver_in_one_write(
     # per read of the server), never one write each.
     assert 1 <= len(server_writes) <= 3, server_writes
     server.shutdown()
+
+
+async def test_updates_from_one_read_of_the_bus_reach_a_peer_in_one_write(
+    nursery: trio.Nursery, server_writes: list[int]
+) -> None:
+    server = RoomServer()
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    sent = updates(20)
+    with trio.fail_after(TIMEOUT):
+        peer = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await peer.handshake("shared")
+        assert isinstance(await peer.receive(), SyncStep1)
+        await peer.send(SyncStep1(b"\x00"))
+        assert isinstance(await peer.receive(), SyncStep2)
+        server_writes.clear()
+        server.rooms["shared"].remote_updates(sent)  # as the bus hands over one read
+        received: list[bytes] = []
+        while len(received) < len(sent):
+            payload = await peer.receive_bytes()
+            assert payload is not None
+            received.extend(m.update for m in decode(payload) if isinstance(m, SyncUpdate))
+    assert received == sent
+    assert len(server_writes) == 1, server_writes
+    server.shutdown()

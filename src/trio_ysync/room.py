@@ -998,7 +998,8 @@ class Room:
         are committed already: never written again)."""
         if self._state is not RoomState.OPEN:
             return
-        with self._observed_by(self._on_remote_update):
+        # What one read from the bus brought reaches each peer in one write.
+        with gathering_sends(), self._observed_by(self._on_remote_update):
             for update in updates:
                 try:
                     self._apply_accepted([update])

@@ -10,6 +10,7 @@ claims), so servers prefer pycrdt when it is installed; see :func:`default_backe
 from __future__ import annotations
 
 import abc
+import functools
 import importlib.util
 import secrets
 import weakref
@@ -354,6 +355,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+@functools.cache  # every new room asks: search the file system for the modules only once
 def default_backend() -> Backend:
     """pycrdt if it is installed (it rejects malformed updates safely), else y-py."""
     if _installed("pycrdt"):

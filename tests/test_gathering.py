@@ -86,6 +86,20 @@ async def test_what_a_gathering_collects_is_written_once_when_it_ends(
     assert recorder.bytes_written == recorder.bytes_queued == 3
 
 
+async def test_a_release_in_the_middle_writes_what_is_ready_and_gathering_goes_on(
+    recorder: WriteRecorder,
+) -> None:
+    with gathering_sends() as gathering:
+        recorder.send(message("a"))
+        recorder.send(message("b"))
+        gathering.release()  # as a reader does before it lets other tasks run
+        assert recorder.writes == [b"ab"]
+        recorder.send(message("c"))
+        recorder.send(message("d"))
+        assert recorder.writes == [b"ab"]
+    assert recorder.writes == [b"ab", b"cd"]
+
+
 async def test_other_tasks_sending_meanwhile_keep_the_order(
     recorder: WriteRecorder, nursery: trio.Nursery
 ) -> None:

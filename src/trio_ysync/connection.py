@@ -40,6 +40,7 @@ __all__ = [
     "OutgoingMessage",
     "PendingConnection",
     "QueuedConnection",
+    "SendGathering",
     "close_reason",
     "describe_address",
     "encode_frame",
@@ -323,42 +324,54 @@ class OutgoingBuffer:
 # -- the plumbing every transport shares ---------------------------------------------------------
 
 
-class _SendGathering:
-    """The connections whose messages wait for the end of one read's work (see
+class SendGathering:
+    """The connections whose messages wait for the end of some work (see
     :func:`gathering_sends`)."""
 
-    __slots__ = ("connections", "open")
+    __slots__ = ("_connections", "open")
 
     def __init__(self) -> None:
-        self.connections: list[QueuedConnection] = []
+        self._connections: list[QueuedConnection] = []
+        #: Whether sends still gather (the block has not ended).
         self.open = True
 
+    def add(self, connection: QueuedConnection) -> None:
+        """Release ``connection``'s gathered messages with the others'."""
+        self._connections.append(connection)
 
-_gathering: ContextVar[_SendGathering | None] = ContextVar("trio_ysync_gathering", default=None)
+    def release(self) -> None:
+        """Write what every connection gathered so far (one write each); gathering goes on
+        while the block lasts."""
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            connection._release_gathered()
+
+
+_gathering: ContextVar[SendGathering | None] = ContextVar("trio_ysync_gathering", default=None)
 
 
 @contextmanager
-def gathering_sends() -> Iterator[None]:
+def gathering_sends() -> Iterator[SendGathering]:
     """Within the block, messages sent by this task to a :class:`QueuedConnection` that could
     take them at once wait, and each connection writes what it gathered in one go when the
-    block ends.
+    block ends (or at :meth:`SendGathering.release`).
 
     A reader wraps the work of one read in it: the updates that arrived together then reach
     each receiver in one write instead of one write each (a system call per receiver and
     message was most of a fan-out's time). Nothing waits for more than that work: the block
-    ends before the reader waits for the network again. Each connection's messages keep the
+    ends before the reader waits for the network again, and a reader that lets other tasks
+    run in the middle of a long read releases first. Each connection's messages keep the
     order they were sent in, whoever sends them meanwhile.
     """
-    gathering = _SendGathering()
+    gathering = SendGathering()
     token = _gathering.set(gathering)
     try:
-        yield
+        yield gathering
     finally:
         # Tasks started within the block inherit the variable; a closed gathering is ignored.
         gathering.open = False
         _gathering.reset(token)
-        for connection in gathering.connections:
-            connection._release_gathered()
+        gathering.release()
 
 
 def must_propagate(exc: BaseException) -> bool:
@@ -480,7 +493,7 @@ class QueuedConnection(abc.ABC):
             gathering = _gathering.get()
             if gathering is not None and gathering.open:
                 self._gathered = [data]
-                gathering.connections.append(self)
+                gathering.add(self)
                 return
         self._write_or_queue(data)
 

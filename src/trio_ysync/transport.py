@@ -40,6 +40,7 @@ from .connection import (
     OutgoingBuffer,
     OutgoingMessage,
     QueuedConnection,
+    SendGathering,
     describe_address,
     encode_frame,
     gathering_sends,
@@ -484,19 +485,25 @@ class ServerWebSocket(QueuedConnection):
                     return
             frames.receive_data(bytes(data))
             # What one read brought is answered and relayed in one write per receiver.
-            with gathering_sends():
-                if not await self._dispatch(frames, parts, on_message):
+            with gathering_sends() as gathering:
+                if not await self._dispatch(frames, parts, on_message, gathering):
                     return
             if frames.state is ConnectionState.CLOSED:
                 return  # both close frames exchanged; the server closes the TCP connection
 
     async def _dispatch(
-        self, frames: WSConnection, parts: list[bytes | bytearray], on_message: MessageHandler
+        self,
+        frames: WSConnection,
+        parts: list[bytes | bytearray],
+        on_message: MessageHandler,
+        gathering: SendGathering,
     ) -> bool:
         """Act on the events of what was read; ``False`` once reading must stop."""
         for count, event in enumerate(frames.events(), 1):
             if not count % _EVENTS_PER_CHECKPOINT:
-                # One read can hold thousands of tiny frames: let other connections in.
+                # One read can hold thousands of tiny frames: let other connections in, and
+                # let what is ready for receivers go out before.
+                gathering.release()
                 await trio.lowlevel.checkpoint()
             if isinstance(event, BytesMessage):
                 if self.close_code is not None:

@@ -501,8 +501,8 @@ class ServerWebSocket(QueuedConnection):
         """Act on the events of what was read; ``False`` once reading must stop."""
         for count, event in enumerate(frames.events(), 1):
             if not count % _EVENTS_PER_CHECKPOINT:
-                # One read can hold thousands of tiny frames: let other connections in, and
-                # let what is ready for receivers go out before.
+                # One read can hold thousands of tiny frames: send what is ready for the
+                # receivers, then let other connections in.
                 gathering.release()
                 await trio.lowlevel.checkpoint()
             if isinstance(event, BytesMessage):

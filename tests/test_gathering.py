@@ -198,6 +198,26 @@ def updates(count: int) -> list[bytes]:
     return result
 
 
+async def synced_client(port: int, room: str) -> RawClient:
+    """A client of ``room`` that has asked for the document and got it."""
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.handshake(room)
+    assert isinstance(await client.receive(), SyncStep1)
+    await client.send(SyncStep1(b"\x00"))
+    assert isinstance(await client.receive(), SyncStep2)
+    return client
+
+
+async def receive_updates(client: RawClient, count: int) -> list[bytes]:
+    """The next ``count`` updates ``client`` receives, however they are framed."""
+    received: list[bytes] = []
+    while len(received) < count:
+        payload = await client.receive_bytes()
+        assert payload is not None
+        received.extend(m.update for m in decode(payload) if isinstance(m, SyncUpdate))
+    return received
+
+
 async def test_updates_that_arrive_together_reach_a_receiver_in_one_write(
     nursery: trio.Nursery, server_writes: list[int]
 ) -> None:
@@ -205,23 +225,12 @@ async def test_updates_that_arrive_together_reach_a_receiver_in_one_write(
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     sent = updates(50)
     with trio.fail_after(TIMEOUT):
-        clients = []
-        for _ in range(2):
-            client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
-            await client.handshake("together")
-            assert isinstance(await client.receive(), SyncStep1)
-            await client.send(SyncStep1(b"\x00"))
-            assert isinstance(await client.receive(), SyncStep2)
-            clients.append(client)
-        writer, receiver = clients
+        writer = await synced_client(port, "together")
+        receiver = await synced_client(port, "together")
         server_writes.clear()
         frames = b"".join(writer.ws.send(BytesMessage(encode(SyncUpdate(u)))) for u in sent)
         await writer.send_raw(frames)  # one TCP write: the server reads them together
-        received: list[bytes] = []
-        while len(received) < len(sent):
-            payload = await receiver.receive_bytes()
-            assert payload is not None
-            received.extend(m.update for m in decode(payload) if isinstance(m, SyncUpdate))
+        received = await receive_updates(receiver, len(sent))
     assert received == sent
     # The writer gets nothing back (no echo); the receiver 50 messages in a few writes (one
     # per read of the server), never one write each.
@@ -236,18 +245,10 @@ async def test_updates_from_one_read_of_the_bus_reach_a_peer_in_one_write(
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     sent = updates(20)
     with trio.fail_after(TIMEOUT):
-        peer = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
-        await peer.handshake("shared")
-        assert isinstance(await peer.receive(), SyncStep1)
-        await peer.send(SyncStep1(b"\x00"))
-        assert isinstance(await peer.receive(), SyncStep2)
+        peer = await synced_client(port, "shared")
         server_writes.clear()
         server.rooms["shared"].remote_updates(sent)  # as the bus hands over one read
-        received: list[bytes] = []
-        while len(received) < len(sent):
-            payload = await peer.receive_bytes()
-            assert payload is not None
-            received.extend(m.update for m in decode(payload) if isinstance(m, SyncUpdate))
+        received = await receive_updates(peer, len(sent))
     assert received == sent
     assert len(server_writes) == 1, server_writes
     server.shutdown()
